@@ -1,0 +1,675 @@
+//! End-user requests: route by `Host` then path, forward over a tunnel
+//! stream as HTTP/1.1, stream the response back. Errors become responses in
+//! one place, [`error_response`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Either, Empty, Full};
+use hyper::body::Incoming;
+use tokio::time::timeout;
+use tracing::Instrument;
+use tunnel_proto::limits::{STREAM_OPEN_TIMEOUT, dead_after};
+use tunnel_proto::names::host_of_authority;
+
+use crate::State;
+use crate::access::policy::{self, AccessRequest, Denial, Identity};
+use crate::error::Error;
+use crate::metrics::{AuthLabel, CodeLabel, OutcomeLabel};
+use crate::pool::{self, TunnelBody, TunnelConn};
+use crate::registry::{Lookup, Session, StreamGuard};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body of every response the gateway sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+/// Client-address and forwarding headers backends may trust: never taken
+/// from the client. (The gateway sets X-Forwarded-For/-Proto/-Host and
+/// X-Real-IP itself.)
+const SPOOFABLE: [&str; 10] = [
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-original-forwarded-for",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+];
+const X_ROUTEHUB_ERROR: HeaderName = HeaderName::from_static("x-routehub-error");
+/// Who the gateway authenticated, for the local service.
+pub const X_ROUTEHUB_USER: HeaderName = HeaderName::from_static("x-routehub-user");
+pub const X_ROUTEHUB_ROLES: HeaderName = HeaderName::from_static("x-routehub-roles");
+/// Which tunnel transport carried the request, for the local service.
+pub const X_ROUTEHUB_TRANSPORT: HeaderName = HeaderName::from_static("x-routehub-transport");
+/// Headers only the gateway sets: stripped from every client request.
+const GATEWAY_HEADERS: [HeaderName; 3] = [X_ROUTEHUB_USER, X_ROUTEHUB_ROLES, X_ROUTEHUB_TRANSPORT];
+
+/// What the gateway knows about the client connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// SNI of the TLS session (lowercase), if the client sent one.
+    pub sni: Option<String>,
+    /// The client's certificate chain, leaf first, if it sent one (only
+    /// hosts with mTLS routes ask). Not verified yet: see [`policy`].
+    pub client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+}
+
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+/// The one place a gateway error becomes an HTTP response.
+pub fn error_response(err: &Error) -> Response<Body> {
+    let mut resp = Response::new(full(format!("{}\n", err)));
+    *resp.status_mut() = err.status();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_ROUTEHUB_ERROR, HeaderValue::from_static(err.kind()));
+    if let Error::Unauthorized { challenge, .. } = err
+        && let Ok(v) = HeaderValue::from_str(challenge)
+    {
+        h.insert(header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// Runs the route's access policy; counts the decision.
+fn authorize<B>(
+    state: &State,
+    conn: &ConnInfo,
+    req: &Request<B>,
+    host: &str,
+    policy: Option<&tunnel_proto::RoutePolicy>,
+) -> Result<Option<Identity>, Error> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let access = AccessRequest {
+        host,
+        peer: conn.peer.ip(),
+        headers: req.headers(),
+        client_chain: conn.client_chain.as_deref().map(Vec::as_slice),
+        now,
+    };
+    let verdict = policy::decide(policy, &access, &state.registry.keys());
+    let outcome = match &verdict {
+        Ok(_) => "allowed",
+        Err(d) => d.outcome(),
+    };
+    state
+        .metrics
+        .auth_decisions
+        .get_or_create(&AuthLabel {
+            policy: policy::mode(policy).as_str(),
+            outcome,
+        })
+        .inc();
+    verdict.map_err(|d| match d {
+        Denial::Unauthorized { reason, challenge } => Error::Unauthorized { reason, challenge },
+        Denial::Forbidden(reason) => Error::Forbidden(reason),
+    })
+}
+
+/// Header-safe text: printable ASCII only.
+fn header_text(s: &str) -> HeaderValue {
+    let clean: String = s
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(256)
+        .collect();
+    HeaderValue::from_str(&clean).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Sets the identity headers of an authenticated request (any the client
+/// sent were stripped by [`prepare`]).
+fn set_identity<B>(req: &mut Request<B>, identity: Option<&Identity>) {
+    let Some(id) = identity else { return };
+    let h = req.headers_mut();
+    h.insert(X_ROUTEHUB_USER, header_text(&id.user));
+    h.insert(X_ROUTEHUB_ROLES, header_text(&id.roles.join(",")));
+}
+
+/// Handles one request; never fails (errors are responses).
+pub(crate) async fn handle(
+    state: Arc<State>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let started = Instant::now();
+    let resp = match route(&state, &conn, req).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            state
+                .metrics
+                .request_errors
+                .get_or_create(&OutcomeLabel { outcome: err.kind() })
+                .inc();
+            tracing::debug!(error = %err, "request answered by the gateway");
+            error_response(&err)
+        }
+    };
+    state
+        .metrics
+        .requests
+        .get_or_create(&CodeLabel {
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    state.metrics.request_duration.observe(started.elapsed().as_secs_f64());
+    Ok(resp)
+}
+
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    // RFC 9112 §3.2.2: an absolute-form target (and h2's :authority) wins over Host.
+    match req.uri().authority() {
+        Some(a) => host_of_authority(a.as_str()),
+        None => host_of_authority(req.headers().get(header::HOST)?.to_str().ok()?),
+    }
+}
+
+async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    let host = request_host(&req).ok_or(Error::MissingHost)?;
+    let path = req.uri().path().to_owned();
+    let reconnect_wait = dead_after(state.config.heartbeat());
+    let (mut session, mut route_id, policy) = match state.registry.lookup(&host, &path, None) {
+        Lookup::Found {
+            session,
+            route_id,
+            policy,
+        } => (session, route_id, policy),
+        Lookup::UnknownHost => return Err(Error::UnknownHost(host)),
+        Lookup::NoRoute => {
+            return Err(Error::NoRoute {
+                host,
+                path: path.chars().take(200).collect(),
+            });
+        }
+        // Its relay was here moments ago and is probably reconnecting (a
+        // transport fallback takes milliseconds): wait a little, don't fail.
+        Lookup::NoRelay if state.registry.recently_lost(&host, RECONNECT_GRACE) => {
+            let deadline = tokio::time::Instant::now() + reconnect_wait;
+            next_session(state, &host, &path, None, deadline)
+                .await
+                .ok_or_else(|| Error::NoRelay(host.clone()))?
+        }
+        Lookup::NoRelay => return Err(Error::NoRelay(host)),
+        Lookup::Unhealthy => return Err(Error::Unhealthy(format!("{host}{path}"))),
+    };
+    // The certificate of this TLS session covers exactly its SNI name (or the
+    // gateway's own names when there was none): any other Host is misdirected,
+    // e.g. an h2 client reusing a connection for a different site.
+    let served = match &conn.sni {
+        Some(sni) => sni == &host,
+        None => state.config.names.iter().any(|n| n == &host),
+    };
+    if !served {
+        let sni = conn.sni.clone().unwrap_or_else(|| "no SNI".into());
+        return Err(Error::Misdirected { host, sni });
+    }
+    // Nothing is forwarded before the route's policy allows it.
+    let identity = authorize(state, conn, &req, &host, policy.as_deref())?;
+    if policy::mode(policy.as_deref()) == tunnel_proto::AuthMode::Jwt {
+        policy::strip_token(req.headers_mut());
+    }
+    let upgrade = prepare(&mut req, &host, conn);
+    set_identity(&mut req, identity.as_ref());
+    let replay = Replay::of(&req, upgrade);
+    // Taken once: a request that is retried keeps its client's upgrade.
+    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = req.map(Either::Left);
+    // A request that can't be replayed takes only a connection that was
+    // busy moments ago: the older an idle one, the likelier its target has
+    // just closed it, and then the request may be lost.
+    let mut reuse = if replay.is_some() {
+        pool::IDLE_TIMEOUT
+    } else {
+        pool::UNREPLAYABLE_IDLE_LIMIT
+    };
+    let mut attempt = 0;
+    loop {
+        req.headers_mut().insert(
+            X_ROUTEHUB_TRANSPORT,
+            HeaderValue::from_static(session.tunnel.transport().as_str()),
+        );
+        let span = tracing::debug_span!("request", %host, session = session.id, route = route_id, attempt);
+        let failure = match forward(
+            state,
+            &session,
+            route_id,
+            (&host, &path),
+            reuse,
+            req,
+            &mut client_upgrade,
+        )
+        .instrument(span)
+        .await
+        {
+            Ok(resp) => return Ok(resp),
+            Err(failure) => failure,
+        };
+        attempt += 1;
+        // Retry only what can't be duplicated harmfully: a request that
+        // provably never reached the relay, whatever its method; or a safe
+        // one without a body, unless the relay may still be working on it.
+        let again = match (failure.unsent, &replay) {
+            (Some(unsent), _) => unsent,
+            (None, Some(replay)) if !failure.maybe_in_progress => replay.rebuild(),
+            (None, _) => return Err(failure.error),
+        };
+        if attempt > MAX_RETRIES {
+            return Err(failure.error);
+        }
+        // An idle connection its target had closed, on a session that is
+        // still up: again on it, over a new stream.
+        if failure.stale && session.is_usable() {
+            tracing::debug!(%host, error = %failure.error, "idle tunnel connection was stale; retrying on a new stream");
+            reuse = std::time::Duration::ZERO;
+            req = again;
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + reconnect_wait;
+        match next_session(state, &host, &path, Some(session.id), deadline).await {
+            // Only to a route with the very policy this request passed.
+            Some((s, r, p)) if p == policy => (session, route_id) = (s, r),
+            _ => return Err(failure.error),
+        }
+        tracing::debug!(%host, error = %failure.error, next = session.id, "retrying on another session");
+        req = again;
+    }
+}
+
+/// Retries per request after a relay session failed under it.
+const MAX_RETRIES: u32 = 2;
+/// After a host's relay session ends, for this long new requests wait (up
+/// to the dead-session timeout) for it to come back rather than fail.
+const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for a usable session other than `failed`, up to `deadline`.
+async fn next_session(
+    state: &State,
+    host: &str,
+    path: &str,
+    failed: Option<u64>,
+    deadline: tokio::time::Instant,
+) -> Option<(Arc<Session>, u64, Option<Arc<tunnel_proto::RoutePolicy>>)> {
+    let mut changes = state.registry.subscribe();
+    loop {
+        if let Lookup::Found {
+            session,
+            route_id,
+            policy,
+        } = state.registry.lookup(host, path, failed)
+        {
+            return Some((session, route_id, policy));
+        }
+        if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            return None;
+        }
+    }
+}
+
+/// Whether a request that may have reached the relay can be sent again:
+/// only a safe method (RFC 9110 §9.2.1: GET, HEAD, OPTIONS, TRACE) with no
+/// body and no upgrade. PUT and DELETE are idempotent on paper, but a
+/// backend that reached them once may have acted on them (a second DELETE
+/// can remove what was created in between): they fail with a 502 instead.
+fn replayable(method: &http::Method, has_body: bool, upgrade: bool) -> bool {
+    use http::Method;
+    let safe = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    safe && !has_body && !upgrade
+}
+
+/// What is needed to send a body-less safe request again.
+struct Replay {
+    head: http::request::Parts,
+}
+
+impl Replay {
+    fn of(req: &Request<Incoming>, upgrade: bool) -> Option<Replay> {
+        use http_body::Body as _;
+        if !replayable(req.method(), !req.body().is_end_stream(), upgrade) {
+            return None;
+        }
+        let mut head = Request::new(()).into_parts().0;
+        head.method = req.method().clone();
+        head.uri = req.uri().clone();
+        head.version = req.version();
+        head.headers = req.headers().clone();
+        Some(Replay { head })
+    }
+
+    fn rebuild(&self) -> Request<TunnelBody> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.method_mut() = self.head.method.clone();
+        *req.uri_mut() = self.head.uri.clone();
+        *req.version_mut() = self.head.version;
+        *req.headers_mut() = self.head.headers.clone();
+        req
+    }
+}
+
+/// Rewrites the request for the relay: origin-form URI, HTTP/1.1, `Host`
+/// set, hop-by-hop headers removed, forwarding headers replaced (never
+/// trusted from the client). Returns whether it asks for an upgrade.
+fn prepare(req: &mut Request<Incoming>, host: &str, conn: &ConnInfo) -> bool {
+    let upgrade = tunnel_proto::http::strip_hop_by_hop(req.headers_mut()).is_some();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| host.to_owned());
+    let origin_form = req.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    *req.uri_mut() = origin_form.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&authority) {
+        h.insert(header::HOST, v);
+    }
+    for name in SPOOFABLE {
+        h.remove(name);
+    }
+    for name in &GATEWAY_HEADERS {
+        h.remove(name);
+    }
+    if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
+        h.insert(X_FORWARDED_FOR, v.clone());
+        h.insert(X_REAL_IP, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    upgrade
+}
+
+/// A failed attempt: the error, and the request if it never left.
+struct Failure {
+    error: Error,
+    /// The request, when it provably never reached the relay.
+    unsent: Option<Request<TunnelBody>>,
+    /// The relay may still be working on the request (its response timed
+    /// out, or came back unusable): it is never sent again.
+    maybe_in_progress: bool,
+    /// It failed on a reused idle connection before any response: most
+    /// likely the target had closed it, not a failing session.
+    stale: bool,
+}
+
+impl Failure {
+    fn unsent(error: Error, req: Request<TunnelBody>) -> Failure {
+        Failure {
+            error,
+            unsent: Some(req),
+            maybe_in_progress: false,
+            stale: false,
+        }
+    }
+}
+
+/// A connection for `route_id` on `session`: one idle for less than
+/// `reuse`, or a new stream.
+async fn connection(session: &Session, route_id: u64, reuse: std::time::Duration) -> Result<TunnelConn, String> {
+    if let Some(conn) = session.pool.take(route_id, reuse) {
+        return Ok(conn);
+    }
+    // Idle connections of other routes may hold every stream there is.
+    if session.tunnel.at_stream_limit() {
+        session.pool.evict_oldest();
+    }
+    match timeout(
+        STREAM_OPEN_TIMEOUT,
+        TunnelConn::open(&session.tunnel, &session.pool, route_id),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no stream available in time".into()),
+    }
+}
+
+async fn forward(
+    state: &State,
+    session: &Arc<Session>,
+    route_id: u64,
+    (host, path): (&str, &str),
+    reuse: std::time::Duration,
+    mut req: Request<TunnelBody>,
+    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+) -> Result<Response<Body>, Failure> {
+    let unavailable = |reason: String| Error::RelayUnavailable {
+        host: host.to_owned(),
+        reason,
+    };
+    // Counted until the response (or the upgraded connection) is done.
+    let guard = session.stream_guard(&state.metrics.streams_open);
+    let (mut conn, sent) = loop {
+        let mut conn = match connection(session, route_id, reuse).await {
+            Ok(conn) => conn,
+            Err(reason) => return Err(Failure::unsent(unavailable(reason), req)),
+        };
+        let sent = timeout(state.config.response_timeout(), conn.sender.try_send_request(req)).await;
+        match sent {
+            // An idle connection the relay closed meanwhile: if the request
+            // never left, take another one.
+            Ok(Err(mut e)) if conn.reused => match e.take_message() {
+                Some(unsent) => {
+                    tracing::debug!(error = %e.into_error(), "idle tunnel connection was closed; opening another");
+                    req = unsent;
+                }
+                None => break (conn, Ok(Err(e))),
+            },
+            sent => break (conn, sent),
+        }
+    };
+    let mut resp = match sent {
+        Err(_) => {
+            return Err(Failure {
+                error: Error::RelayTimeout {
+                    route: format!("{host}{path}"),
+                    secs: state.config.response_timeout().as_secs(),
+                },
+                unsent: None,
+                maybe_in_progress: true,
+                stale: false,
+            });
+        }
+        Ok(Ok(resp)) => resp,
+        Ok(Err(mut e)) => {
+            let unsent = e.take_message();
+            let e = e.into_error();
+            let closed = e.is_canceled() || e.is_incomplete_message() || e.is_closed();
+            let reason = if closed {
+                "the tunnel closed before the response".to_owned()
+            } else {
+                e.to_string()
+            };
+            return Err(Failure {
+                error: unavailable(reason),
+                unsent,
+                maybe_in_progress: false,
+                stale: conn.reused,
+            });
+        }
+    };
+    let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut()).is_some();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        match (client_upgrade.take(), upgraded) {
+            (Some(client), true) => {
+                // The connection task hands the stream to the upgrade.
+                conn.reused = false;
+                conn.detach();
+                let relay = hyper::upgrade::on(&mut resp);
+                tokio::spawn(
+                    async move {
+                        let _in_flight = guard;
+                        if let Err(e) = tunnel_proto::http::splice(client, relay).await {
+                            tracing::debug!(error = %e, "upgraded connection ended with an error");
+                        }
+                    }
+                    .in_current_span(),
+                );
+                return Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()));
+            }
+            _ => {
+                let error = unavailable("the relay switched protocols without an upgrade request".into());
+                return Err(Failure {
+                    error,
+                    unsent: None,
+                    maybe_in_progress: true,
+                    stale: false,
+                });
+            }
+        }
+    }
+    let session = session.clone();
+    Ok(resp.map(|inner| {
+        RelayBody {
+            inner,
+            done: false,
+            back: Some((session, route_id, conn)),
+            _in_flight: guard,
+        }
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed_unsync()
+    }))
+}
+
+/// A response body from a relay. Counts as in flight until it is done;
+/// once read to the end, its connection goes back to the session's pool.
+struct RelayBody {
+    inner: Incoming,
+    done: bool,
+    back: Option<(Arc<Session>, u64, TunnelConn)>,
+    _in_flight: StreamGuard,
+}
+
+impl http_body::Body for RelayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            self.done = true;
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        http_body::Body::is_end_stream(&self.inner)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::Body::size_hint(&self.inner)
+    }
+}
+
+impl Drop for RelayBody {
+    fn drop(&mut self) {
+        // A body dropped half-read leaves its connection mid-response: it
+        // closes with the handle.
+        if (self.done || http_body::Body::is_end_stream(&self.inner))
+            && let Some((session, route_id, conn)) = self.back.take()
+        {
+            session.release(route_id, conn);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_statuses() {
+        let cases = [
+            (Error::UnknownHost("x".into()), 404),
+            (Error::NoRelay("x".into()), 502),
+            (
+                Error::Misdirected {
+                    host: "a".into(),
+                    sni: "b".into(),
+                },
+                421,
+            ),
+            (Error::MissingHost, 400),
+            (
+                Error::RelayTimeout {
+                    route: "x/".into(),
+                    secs: 1,
+                },
+                504,
+            ),
+        ];
+        for (err, code) in cases {
+            let resp = error_response(&err);
+            assert_eq!(resp.status().as_u16(), code);
+            assert_eq!(resp.headers()[X_ROUTEHUB_ERROR], err.kind());
+        }
+    }
+
+    #[test]
+    fn only_safe_requests_without_a_body_are_replayed() {
+        use http::Method;
+        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::TRACE] {
+            assert!(replayable(&m, false, false), "{m}");
+            assert!(!replayable(&m, true, false), "{m} with a body");
+            assert!(!replayable(&m, false, true), "{m} upgrading");
+        }
+        for m in [
+            Method::PUT,
+            Method::DELETE,
+            Method::POST,
+            Method::PATCH,
+            Method::CONNECT,
+        ] {
+            assert!(!replayable(&m, false, false), "{m}");
+        }
+    }
+
+    #[test]
+    fn host_comes_from_authority_first() {
+        let req = Request::builder()
+            .uri("https://a.test/x")
+            .header("host", "b.test")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("a.test"));
+        let req = Request::builder()
+            .uri("/x")
+            .header("host", "B.test:8443")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req).as_deref(), Some("b.test"));
+        let req = Request::builder().uri("/x").body(()).unwrap();
+        assert_eq!(request_host(&req), None);
+    }
+}

@@ -1,0 +1,193 @@
+//! The Routehub relay: dials out to one or more gateways, proves its
+//! identity, announces its routes and serves the streams gateways open by
+//! forwarding them to local services.
+
+pub mod admin;
+pub mod backoff;
+pub mod client;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod gateways;
+pub mod health;
+pub mod model;
+pub mod proxy;
+pub mod routes;
+pub mod session;
+pub mod store;
+mod sync;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tunnel_proto::{PublicKey, RelayKey};
+
+pub use config::{RelayConfig, RouteConfig};
+use connect::Dialer;
+pub use connect::TransportMode;
+pub use error::{Error, Result};
+use proxy::Proxy;
+use session::Shared;
+pub use session::{GatewayAddr, GatewayStatus, SessionInfo, Status};
+use store::Store;
+
+/// A running relay.
+pub struct Relay {
+    shared: Arc<Shared>,
+    status: watch::Receiver<Status>,
+    store: Store,
+    admin_addr: Option<std::net::SocketAddr>,
+}
+
+/// The store's file in the data dir.
+pub const STORE_FILE: &str = "relay.db";
+
+fn random_u64() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    // A weak instance id only risks retiring a sibling's session early.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u64::from_be_bytes(b)
+}
+
+impl Relay {
+    /// Loads the key, checks the routes and starts a session per gateway.
+    /// Connection failures are retried in the background, never returned.
+    pub async fn start(config: RelayConfig) -> Result<Relay> {
+        if config.gateways.is_empty() {
+            return Err(Error::Config {
+                path: "<config>".into(),
+                message: "at least one gateway is needed".into(),
+            });
+        }
+        let gateways = config
+            .gateways
+            .iter()
+            .flat_map(|g| g.split(','))
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| GatewayAddr::parse(g.trim(), config.server_name.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        let key = RelayKey::load(&config.key)?;
+        certs::fs::ensure_private_dir(&config.data_dir).map_err(|e| Error::Config {
+            path: config.data_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let store = Store::open(&config.data_dir.join(STORE_FILE))?;
+        let added = store
+            .seed(config.routes.iter().map(RouteConfig::to_new_route).collect())
+            .await?;
+        if added > 0 {
+            tracing::info!(added, "routes from the config added to the store");
+        }
+        let roots = tunnel_proto::tls::load_roots(config.ca.as_deref())?;
+        let tls = tunnel_proto::tls::client_config(roots)?;
+        let dialer = Dialer {
+            quic: tunnel_proto::quic::client_config(tls.clone())?,
+            tcp: Arc::new(tls),
+            mode: config.transport,
+            resolver: Default::default(),
+        };
+        let (status_tx, status) = watch::channel(Status::new());
+        let shutdown = CancellationToken::new();
+        let unhealthy = health::spawn(store.clone(), store.routes(), shutdown.clone()).await;
+        let shared = Arc::new(Shared {
+            key,
+            instance: random_u64(),
+            proxy: Arc::new(Proxy::new(store.routes())),
+            dialer,
+            server_name: config.server_name.clone(),
+            quic_retry: Duration::from_secs(config.quic_retry_secs.max(1)),
+            shutdown,
+            unhealthy,
+            drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+            status: status_tx,
+            maintainers: TaskTracker::new(),
+            gateways: Default::default(),
+        });
+        let admin_addr = match config.admin_listen {
+            Some(addr) => {
+                // The token exists before the port accepts, so a client that
+                // sees the port open can always read it.
+                let token = admin::load_or_create_token(&config.data_dir)?;
+                let listener = admin::bind(addr, config.dangerous_admin_public).await?;
+                let local = listener.local_addr()?;
+                let admin = Arc::new(admin::Admin {
+                    store: store.clone(),
+                    token,
+                    status: status.clone(),
+                    shutdown: shared.shutdown.clone(),
+                    feeds: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EVENT_CLIENTS)),
+                    connections: Arc::new(tokio::sync::Semaphore::new(admin::MAX_ADMIN_CONNECTIONS)),
+                });
+                tokio::spawn(admin::serve(listener, admin));
+                tracing::info!(admin = %local, "admin API and dashboard listening");
+                Some(local)
+            }
+            None => None,
+        };
+        tracing::info!(key = %shared.key.public_key(), gateways = gateways.len(), transport = ?config.transport, "relay starting");
+        for g in gateways {
+            session::join(&shared, g);
+        }
+        Ok(Relay {
+            shared,
+            status,
+            store,
+            admin_addr,
+        })
+    }
+
+    /// Where the admin API listens, if it does.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The relay's configuration store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.shared.key.public_key()
+    }
+
+    /// Live sessions, updated on every change.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.clone()
+    }
+
+    /// Waits until `gateways` sessions are up with their routes
+    /// acknowledged. Returns the last status either way.
+    pub async fn wait_ready(&self, gateways: usize, within: Duration) -> std::result::Result<Status, Status> {
+        let mut rx = self.status.clone();
+        let ready = |s: &Status| {
+            s.values()
+                .filter(|g| g.session.as_ref().is_some_and(|i| i.routes_version_acked.is_some()))
+                .count()
+                >= gateways
+        };
+        match tokio::time::timeout(within, rx.wait_for(ready)).await {
+            Ok(Ok(s)) => Ok(s.clone()),
+            _ => Err(self.status.borrow().clone()),
+        }
+    }
+
+    /// Starts a graceful stop: `GoAway` to gateways, in-flight streams finish.
+    /// Tunnel streams being served now (each with its target connection).
+    pub fn streams_open(&self) -> usize {
+        self.shared.proxy.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+    }
+
+    /// Waits for every session to end (after [`Relay::shutdown`]).
+    pub async fn wait(self) {
+        self.shared.maintainers.close();
+        self.shared.maintainers.wait().await;
+    }
+}

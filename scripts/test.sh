@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Routehub's test command: installs what the tests need, then runs the
+# format check, clippy and the whole test suite. CI runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# Tests that need Chromium or Pebble skip when they are missing, except
+# under CI=true, where they fail. This script installs both, so a missing
+# one is a failure here too, locally as in CI; a plain `cargo test` keeps
+# skipping.
+export CI=true
+
+# Debian packages the tests use. Installed only when missing.
+packages=()
+# Pebble, the ACME test server, and its fake DNS (tests/src/pebble.rs).
+command -v pebble >/dev/null || packages+=(pebble)
+# Headless Chromium for the dashboard test (tests/src/browser.rs).
+command -v chromium >/dev/null || packages+=(chromium)
+apt_install() {
+    [ ${#packages[@]} -eq 0 ] && return 0
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "== installing: ${packages[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${packages[@]}" >/dev/null
+}
+apt_install
+
+echo "== crypto guard: ring only (no aws-lc, no OpenSSL)"
+if cargo tree --workspace --target all -e all --prefix none --locked | grep -qE '^(aws-lc-(rs|sys)|openssl-sys|native-tls) '; then
+    echo "a forbidden crypto crate is in the dependency tree:" >&2
+    cargo tree --workspace --target all -e all --prefix none --locked | grep -E '^(aws-lc-(rs|sys)|openssl-sys|native-tls) ' >&2
+    exit 1
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --locked

@@ -1,0 +1,399 @@
+//! The `routehub` binary: flags in, library calls out.
+
+mod demo;
+mod gateway_cli;
+mod routes_cli;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "routehub",
+    version,
+    about = "Public HTTPS for services behind NAT, through reverse tunnels"
+)]
+struct Cli {
+    /// Worker threads [default: the CPUs this process may run on]. With
+    /// one, everything runs on a single-threaded runtime, which also lets
+    /// QUIC send the packets of many requests in one batch.
+    #[arg(long, global = true, env = "ROUTEHUB_THREADS")]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a gateway: the public HTTPS edge that relays connect to; or,
+    /// with a subcommand, manage a running one's orgs, hosts, keys, users
+    /// and roles through its admin API.
+    Gateway(Box<GatewayArgs>),
+    /// Run a relay: dial out to gateways and serve local services.
+    Relay(RelayArgs),
+    /// Manage a running relay's routes (add, rm, edit, list, history, rollback).
+    Routes(routes_cli::RoutesArgs),
+    /// Create a relay key (prints the public key for the gateway), or with
+    /// --user an end-user key (prints its public JWK).
+    Keygen {
+        /// Where to write the private key (mode 0600; never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+        /// An end-user key for JWT routes, not a relay key.
+        #[arg(long)]
+        user: bool,
+        /// User key type: ed25519 (EdDSA) or p256 (ES256).
+        #[arg(long, default_value = "ed25519", requires = "user")]
+        key_type: gateway::access::keys::KeyKind,
+    },
+    /// Mint a token (JWS) for a JWT route, signed with your own user key.
+    Token {
+        /// Private key from `routehub keygen --user`.
+        #[arg(long)]
+        key: PathBuf,
+        /// The hostname the token opens.
+        #[arg(long)]
+        aud: String,
+        /// Lifetime: 1h, 30m, 7d, or seconds; at most 30d.
+        #[arg(long, default_value = "1h", value_parser = gateway_cli::parse_ttl)]
+        ttl: u64,
+        /// Subject; when given, the gateway checks it names the key's user.
+        #[arg(long)]
+        sub: Option<String>,
+        /// Key id [default: the key's RFC 7638 thumbprint, as the gateway stores it].
+        #[arg(long)]
+        kid: Option<String>,
+    },
+    /// Gateway, relay and a demo service in one process, with a dev CA.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// The relay's admin API and dashboard.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        relay_admin_listen: SocketAddr,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct GatewayArgs {
+    #[command(subcommand)]
+    manage: Option<gateway_cli::AdminCommand>,
+    /// With a subcommand: the gateway's admin listener [default: http://127.0.0.1:9090].
+    #[arg(long = "admin", global = true)]
+    admin_url: Option<String>,
+    /// With a subcommand: admin token file [default: admin.token in --data-dir].
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// TOML config file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTPS (TCP) and QUIC (UDP) address [default: 0.0.0.0:443].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin address for /metrics and /healthz [default: 127.0.0.1:9090].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// File of `<public key> <hostname>[,<hostname>...]` lines.
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    /// The gateway's own hostname (repeatable) [default: localhost].
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// Another gateway replica relays should also connect to (repeatable).
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
+    /// Seconds in-flight requests may take after SIGTERM.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Seconds a relay's local service may take to start answering; then
+    /// 504 naming the route [default: 100].
+    #[arg(long)]
+    response_timeout: Option<u64>,
+    /// Plain-HTTP address for ACME HTTP-01 and redirects to https, `off`,
+    /// or `auto` [default: auto = 0.0.0.0:80 with ACME, else off].
+    #[arg(long)]
+    http_listen: Option<gateway::config::HttpListen>,
+    /// ACME directory URL: certificates from this CA instead of the dev CA
+    /// (e.g. https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long)]
+    acme_directory: Option<String>,
+    /// Contact email for the ACME account.
+    #[arg(long)]
+    acme_email: Option<String>,
+    /// Extra root certificate (PEM) to trust for the ACME server's HTTPS.
+    #[arg(long)]
+    acme_ca_root: Option<PathBuf>,
+    /// Challenge type [default: auto = TLS-ALPN-01, then HTTP-01].
+    #[arg(long, value_parser = ["tls-alpn-01", "http-01", "auto"])]
+    acme_challenge: Option<String>,
+    /// External Account Binding key id (CAs that need one).
+    #[arg(long)]
+    acme_eab_kid: Option<String>,
+    /// External Account Binding HMAC key, base64url.
+    #[arg(long, env = "ROUTEHUB_ACME_EAB_HMAC_KEY", hide_env_values = true)]
+    acme_eab_hmac_key: Option<String>,
+    /// Most ACME orders started per hour.
+    #[arg(long)]
+    acme_orders_per_hour: Option<u32>,
+}
+
+#[derive(clap::Args)]
+struct RelayArgs {
+    /// TOML config file (flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Gateway address(es), `host[:port]`, comma-separated or repeated.
+    #[arg(long = "gateway")]
+    gateways: Vec<String>,
+    /// Private key file (from `routehub keygen`).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA certificate to trust for gateways (e.g. a dev CA's ca.pem).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Gateway TLS name, when --gateway is an IP address.
+    #[arg(long)]
+    server_name: Option<String>,
+    /// HOST[/PATH]=URL, repeatable; URL may be a bare port. Seeds the
+    /// store: each is added once, ever (a route later removed with
+    /// `routehub routes rm` stays removed).
+    #[arg(long = "route")]
+    routes: Vec<relay::RouteConfig>,
+    /// auto (QUIC, falling back to TCP on port 443), quic or tcp.
+    #[arg(long)]
+    transport: Option<relay::TransportMode>,
+    /// Seconds between attempts to move back to QUIC while on TCP.
+    #[arg(long)]
+    quic_retry: Option<u64>,
+    /// Seconds in-flight requests may take after SIGTERM.
+    #[arg(long)]
+    drain_timeout: Option<u64>,
+    /// Where the store and the admin token live [default: ~/.local/share/routehub/relay].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Admin API and dashboard address [default: 127.0.0.1:7070].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run_gateway(mut args: GatewayArgs) -> Result<()> {
+    if let Some(cmd) = args.manage.take() {
+        let admin = args.admin_url.as_deref().unwrap_or("http://127.0.0.1:9090");
+        return gateway_cli::run(cmd, admin, args.token_file.as_deref(), args.data_dir.as_deref()).await;
+    }
+    let mut config = match &args.config {
+        Some(path) => gateway::GatewayConfig::from_file(path)?,
+        None => gateway::GatewayConfig::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin_listen = v;
+    }
+    if let Some(v) = args.authorized_keys {
+        config.authorized_keys = Some(v);
+    }
+    if !args.names.is_empty() {
+        config.names = args.names;
+    }
+    if !args.peers.is_empty() {
+        config.peers = args.peers;
+    }
+    if let Some(v) = args.heartbeat_ms {
+        config.heartbeat_ms = v;
+    }
+    if let Some(v) = args.drain_timeout {
+        config.drain_timeout_secs = v;
+    }
+    if let Some(v) = args.response_timeout {
+        config.response_timeout_secs = v;
+    }
+    if let Some(v) = args.http_listen {
+        config.http_listen = v;
+    }
+    if let Some(dir) = args.acme_directory {
+        match config.acme.as_mut() {
+            Some(acme) => acme.directory = dir,
+            None => config.acme = Some(gateway::config::AcmeSection::new(dir)),
+        }
+    }
+    let acme_flags = args.acme_email.is_some()
+        || args.acme_ca_root.is_some()
+        || args.acme_challenge.is_some()
+        || args.acme_eab_kid.is_some()
+        || args.acme_eab_hmac_key.is_some()
+        || args.acme_orders_per_hour.is_some();
+    match config.acme.as_mut() {
+        Some(acme) => {
+            acme.email = args.acme_email.or(acme.email.take());
+            acme.ca_root = args.acme_ca_root.or(acme.ca_root.take());
+            acme.eab_kid = args.acme_eab_kid.or(acme.eab_kid.take());
+            acme.eab_hmac_key = args.acme_eab_hmac_key.or(acme.eab_hmac_key.take());
+            if let Some(v) = args.acme_challenge {
+                acme.challenge = v;
+            }
+            if let Some(v) = args.acme_orders_per_hour {
+                acme.orders_per_hour = v;
+            }
+        }
+        None if acme_flags => anyhow::bail!("--acme-* flags need --acme-directory (or [acme] in the config file)"),
+        None => {}
+    }
+    let gw = gateway::Gateway::start(config).await?;
+    match gw.ca_cert_path() {
+        Some(ca) => eprintln!("dev CA root: {}", ca.display()),
+        None => eprintln!("certificates from ACME, ordered on the first request for each registered name"),
+    }
+    shutdown_signal().await;
+    gw.shutdown();
+    gw.wait().await;
+    Ok(())
+}
+
+async fn run_relay(args: RelayArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => relay::RelayConfig::from_file(path)?,
+        None => relay::RelayConfig::default(),
+    };
+    if !args.gateways.is_empty() {
+        config.gateways = args.gateways;
+    }
+    if let Some(v) = args.key {
+        config.key = v;
+    }
+    if let Some(v) = args.ca {
+        config.ca = Some(v);
+    }
+    if let Some(v) = args.server_name {
+        config.server_name = Some(v);
+    }
+    config.routes.extend(args.routes);
+    if let Some(v) = args.transport {
+        config.transport = v;
+    }
+    if let Some(v) = args.quic_retry {
+        config.quic_retry_secs = v;
+    }
+    if let Some(v) = args.drain_timeout {
+        config.drain_timeout_secs = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.admin_listen {
+        config.admin_listen = Some(v);
+    }
+    let relay = relay::Relay::start(config).await?;
+    shutdown_signal().await;
+    relay.shutdown();
+    relay.wait().await;
+    Ok(())
+}
+
+fn keygen(out: PathBuf) -> Result<()> {
+    let key = tunnel_proto::RelayKey::generate()?;
+    key.save_new(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", key.public_key());
+    eprintln!("private key written to {} (mode 0600)", out.display());
+    eprintln!(
+        "on the gateway, add to the authorized keys file:  {} <hostname>[,<hostname>...]",
+        key.public_key()
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    // The one crypto provider; everything below asks for ring explicitly too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let threads = cli
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match threads {
+        0 => anyhow::bail!("--threads must be at least 1"),
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Gateway(args) => run_gateway(*args).await,
+            Command::Relay(args) => run_relay(args).await,
+            Command::Routes(args) => routes_cli::run(args).await,
+            Command::Keygen {
+                out,
+                user: true,
+                key_type,
+            } => gateway_cli::keygen_user(&out, key_type),
+            Command::Keygen { out, .. } => keygen(out),
+            Command::Token {
+                key,
+                aud,
+                ttl,
+                sub,
+                kid,
+            } => gateway_cli::token(&key, &aud, ttl, sub, kid),
+            Command::Demo {
+                listen,
+                admin_listen,
+                relay_admin_listen,
+                data_dir,
+            } => {
+                let data_dir = data_dir.unwrap_or_else(|| certs::fs::default_data_dir("demo"));
+                let opts = demo::DemoOptions {
+                    listen,
+                    admin_listen,
+                    relay_admin_listen,
+                    data_dir,
+                };
+                demo::run(opts, shutdown_signal()).await
+            }
+        }
+    })
+}

@@ -1,0 +1,298 @@
+//! `routehub routes …`: the relay's admin API from the command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use relay::client::{AdminClient, find_token};
+use relay::model::{HealthCheck, NewRoute, Route, RoutePatch};
+use serde_json::Value;
+
+#[derive(Args)]
+pub struct RoutesArgs {
+    #[command(subcommand)]
+    command: RoutesCommand,
+    /// The relay's admin API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
+    admin: String,
+    /// Admin token file [default: admin.token in the relay's data dir].
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// The relay's data dir, to find its admin token.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum RoutesCommand {
+    /// Every route, with its target and state.
+    List,
+    /// Add a route; returns once the gateways have it.
+    Add {
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// `http://host:port`, or a bare port on 127.0.0.1.
+        #[arg(long)]
+        target: String,
+        #[arg(long, default_value_t = 0)]
+        priority: i32,
+        /// Check the target with GET on this path.
+        #[arg(long)]
+        health_path: Option<String>,
+        /// Seconds between health checks.
+        #[arg(long, default_value_t = 10)]
+        health_interval: u64,
+        /// Access policy as JSON (enforced by the gateway).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Add it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Remove a route, by id or `host[/path]`.
+    Rm { route: String },
+    /// Change a route, by id or `host[/path]`.
+    Edit {
+        route: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        path: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        priority: Option<i32>,
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+        #[arg(long)]
+        health_path: Option<String>,
+        #[arg(long, conflicts_with = "health_path")]
+        no_health: bool,
+        #[arg(long)]
+        policy: Option<String>,
+    },
+    /// Recent changes, newest first.
+    History {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Make the routes what they were at a version.
+    Rollback { version: u64 },
+}
+
+pub async fn run(args: RoutesArgs) -> Result<()> {
+    let token = find_token(args.token_file.as_deref(), args.data_dir.as_deref())?;
+    let api = AdminClient::new(&args.admin, token);
+    match args.command {
+        RoutesCommand::List => {
+            let routes = api.routes().await?;
+            let health = api.health().await.unwrap_or_default();
+            if args.json {
+                return print_json(&serde_json::to_value(&routes)?);
+            }
+            let rows: Vec<Vec<String>> = routes
+                .iter()
+                .map(|r| {
+                    let state = match (r.enabled, health.iter().find(|h| h.route_id == r.id)) {
+                        (false, _) => "disabled".to_owned(),
+                        (true, Some(h)) if h.status == "healthy" => h.status.clone(),
+                        (true, Some(h)) => format!("{} ({})", h.status, h.detail),
+                        (true, None) => "enabled".to_owned(),
+                    };
+                    vec![r.id.to_string(), r.name(), r.target.clone(), state]
+                })
+                .collect();
+            print_table(&["ID", "ROUTE", "TARGET", "STATE"], &rows);
+        }
+        RoutesCommand::Add {
+            host,
+            path,
+            target,
+            priority,
+            health_path,
+            health_interval,
+            policy,
+            disabled,
+        } => {
+            let route = NewRoute {
+                host,
+                path,
+                priority,
+                target,
+                policy: parse_policy(policy)?,
+                middlewares: Vec::new(),
+                health: health_path.map(|path| health(path, health_interval)),
+                enabled: !disabled,
+            };
+            written(&args.json, "added", api.add(&route, true).await?)?;
+        }
+        RoutesCommand::Rm { route } => {
+            let id = resolve(&api, &route).await?;
+            written(&args.json, "removed", api.remove(id, true).await?)?;
+        }
+        RoutesCommand::Edit {
+            route,
+            host,
+            path,
+            target,
+            priority,
+            enable,
+            disable,
+            health_path,
+            no_health,
+            policy,
+        } => {
+            let id = resolve(&api, &route).await?;
+            let patch = RoutePatch {
+                host,
+                path,
+                priority,
+                target,
+                policy: policy.map(|p| parse_policy(Some(p))).transpose()?,
+                middlewares: None,
+                health: if no_health {
+                    Some(None)
+                } else {
+                    health_path.map(|p| Some(health(p, 10)))
+                },
+                enabled: if enable {
+                    Some(true)
+                } else if disable {
+                    Some(false)
+                } else {
+                    None
+                },
+            };
+            written(&args.json, "changed", api.update(id, &patch, true).await?)?;
+        }
+        RoutesCommand::History { limit } => {
+            let changes = api.history(limit).await?;
+            if args.json {
+                return print_json(&serde_json::to_value(&changes)?);
+            }
+            let rows: Vec<Vec<String>> = changes
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.version.to_string(),
+                        c.at.clone(),
+                        c.actor.clone(),
+                        describe(&c.action, &c.before, &c.after),
+                    ]
+                })
+                .collect();
+            print_table(&["VERSION", "AT", "BY", "CHANGE"], &rows);
+        }
+        RoutesCommand::Rollback { version } => written(&args.json, "rolled back", api.rollback(version, true).await?)?,
+    }
+    Ok(())
+}
+
+fn health(path: String, interval_secs: u64) -> HealthCheck {
+    HealthCheck {
+        path,
+        interval_secs,
+        timeout_ms: 2000,
+        unhealthy_after: 3,
+        healthy_after: 2,
+    }
+}
+
+fn parse_policy(p: Option<String>) -> Result<Value> {
+    match p {
+        None => Ok(Value::Null),
+        Some(p) => serde_json::from_str(&p).or(Ok(Value::String(p))),
+    }
+}
+
+/// A route id, or the id of the route with that `host[/path]`.
+async fn resolve(api: &AdminClient, route: &str) -> Result<u64> {
+    if let Ok(id) = route.parse() {
+        return Ok(id);
+    }
+    let (host, path) = match route.find('/') {
+        Some(i) => (&route[..i], &route[i..]),
+        None => (route, "/"),
+    };
+    let routes: Vec<Route> = api.routes().await?;
+    match routes
+        .iter()
+        .find(|r| r.host.eq_ignore_ascii_case(host) && r.path == path.trim_end_matches('/').max("/"))
+    {
+        Some(r) => Ok(r.id),
+        None => bail!("no route {route}; see `routehub routes list`"),
+    }
+}
+
+fn written(json: &bool, what: &str, reply: Value) -> Result<()> {
+    if *json {
+        return print_json(&reply);
+    }
+    let route = reply.get("route").filter(|r| !r.is_null());
+    let name = route
+        .map(|r| {
+            format!(
+                " {} ({} → {})",
+                r["id"],
+                r["host"].as_str().unwrap_or("?"),
+                r["target"].as_str().unwrap_or("?")
+            )
+        })
+        .unwrap_or_default();
+    let gw = &reply["gateways"];
+    println!(
+        "{what}{name}: version {}, live on {}/{} gateway(s)",
+        reply["version"], gw["acknowledged"], gw["connected"]
+    );
+    Ok(())
+}
+
+fn describe(action: &str, before: &Value, after: &Value) -> String {
+    let route = |v: &Value| {
+        let path = v["path"].as_str().unwrap_or("/");
+        format!(
+            "{}{}",
+            v["host"].as_str().unwrap_or("?"),
+            if path == "/" { "" } else { path }
+        )
+    };
+    match action {
+        "add" => format!("add {} → {}", route(after), after["target"].as_str().unwrap_or("?")),
+        "remove" => format!("remove {}", route(before)),
+        "update" => format!("update {}", route(after)),
+        "rollback" => format!("rollback ({} routes)", after.as_array().map_or(0, Vec::len)),
+        other => other.to_owned(),
+    }
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v).context("JSON output")?);
+    Ok(())
+}
+
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}

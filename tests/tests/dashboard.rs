@@ -1,0 +1,101 @@
+//! The relay dashboard in a real (headless) browser.
+
+use std::time::Duration;
+
+use harness::browser::Browser;
+use harness::{Backend, TestNet};
+use http::StatusCode;
+
+#[tokio::test]
+async fn add_a_route_through_the_dashboard_form_and_see_it_listed_and_live() {
+    let Some(browser) = Browser::launch().await.unwrap() else {
+        return;
+    };
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let net = TestNet::builder()
+        .key("a", &["*.site.test"])
+        .relay("a", &[("app.site.test", &a.url())])
+        .start()
+        .await
+        .unwrap();
+    let relay = &net.relays[0];
+    let token = relay::admin::load_or_create_token(&net.dir.path().join("relay-0")).unwrap();
+    let mut page = browser.page().await.unwrap();
+    page.navigate(&format!("http://{}/#token={token}", relay.admin_addr().unwrap()))
+        .await
+        .unwrap();
+
+    // The page lists the seeded route and shows the gateway as connected.
+    let listed = page
+        .wait_for(
+            "document.querySelector('#routes tbody').innerText",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(listed.as_str().unwrap().contains("app.site.test"), "{listed}");
+    let gateways = page
+        .wait_for("document.querySelector('#gateways').innerText", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(gateways.as_str().unwrap().contains("quic"), "{gateways}");
+    assert_eq!(
+        page.eval("location.hash").await.unwrap(),
+        "",
+        "the token is taken out of the address bar"
+    );
+
+    // Fill in the form and submit it like a user would.
+    let submit = format!(
+        "(() => {{ const f = document.querySelector('#add-route');
+            f.elements.host.value = 'ui.site.test';
+            f.elements.path.value = '/';
+            f.elements.target.value = '{}';
+            f.requestSubmit();
+            return true; }})()",
+        b.url()
+    );
+    page.eval(&submit).await.unwrap();
+    let row = page
+        .wait_for(
+            "[...document.querySelectorAll('#routes tbody tr')].map(r => r.innerText).find(t => t.includes('ui.site.test'))",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(row.as_str().unwrap().contains(&b.url()), "{row}");
+    let history = page
+        .wait_for(
+            "document.querySelector('#history tbody').innerText",
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    assert!(history.as_str().unwrap().contains("add ui.site.test"), "{history}");
+    assert_eq!(
+        page.eval("document.querySelector('#error').textContent").await.unwrap(),
+        ""
+    );
+
+    // And the route is live at the gateway.
+    let live = harness::wait_until(Duration::from_secs(5), || async {
+        net.client()
+            .get("ui.site.test", "/")
+            .await
+            .ok()
+            .filter(|r| r.status == StatusCode::OK)
+    })
+    .await;
+    assert!(live.is_some());
+    assert_eq!(b.hits(), 1);
+
+    // A bad submission shows the API's message on the page.
+    page.eval("(() => { const f = document.querySelector('#add-route'); f.elements.host.value = 'ui.site.test'; f.elements.target.value = '1234'; f.requestSubmit(); return true })()")
+        .await
+        .unwrap();
+    let error = page
+        .wait_for("document.querySelector('#error').textContent", Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(error.as_str().unwrap().contains("already exists"), "{error}");
+}

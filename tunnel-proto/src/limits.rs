@@ -1,0 +1,99 @@
+//! Every limit of the tunnel protocol, in one place. Each has a test.
+
+use std::time::Duration;
+
+/// ALPN protocol id of a Routehub tunnel, on QUIC and on TCP+TLS.
+pub const ALPN: &[u8] = b"routehub/1";
+/// Version byte at the start of every frame.
+pub const WIRE_VERSION: u8 = 1;
+/// Protocol version announced in `Hello`.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Frame header: version (1) + type (1) + payload length (4, big endian).
+pub const FRAME_HEADER_LEN: usize = 6;
+/// Largest frame payload either side accepts.
+pub const MAX_FRAME_PAYLOAD: usize = 64 * 1024;
+/// Largest hostname (RFC 1035).
+pub const MAX_HOSTNAME_LEN: usize = 253;
+/// Most hostnames one relay session may request.
+pub const MAX_HOSTNAMES: usize = 1024;
+/// Longest free-text field (reasons, messages).
+pub const MAX_TEXT_LEN: usize = 1024;
+/// Time allowed from connection to `Welcome`.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default heartbeat: the relay pings this often.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Bounds on the heartbeat a gateway may ask for.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
+/// A session with no control frame for this many heartbeats is dead.
+/// 2.5 keeps detection under 3 s at the default, and tolerates one lost ping.
+pub fn dead_after(heartbeat: Duration) -> Duration {
+    heartbeat * 5 / 2
+}
+/// Concurrent data streams per session (one per in-flight request).
+pub const MAX_STREAMS_PER_SESSION: u32 = 2048;
+/// QUIC flow control: per stream and per connection receive windows, and the
+/// send window. Bounded, unlike quinn's defaults.
+pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+/// QUIC keep-alive, well below the idle timeout so NAT bindings stay open.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// QUIC idle timeout: a backstop; the heartbeat detects death sooner.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Receive window of one yamux stream on the TCP fallback: yamux 0.14
+/// gives every stream at least 256 KiB (the spec's default credit) and
+/// can't go lower, so the stream limit is what bounds buffering.
+pub const TCP_STREAM_RECEIVE_WINDOW: usize = 256 * 1024;
+/// yamux's stream limit on the TCP fallback (it kills the connection when
+/// a peer exceeds it, so openers stay at half: see `tcp::OPEN_PERMITS`).
+/// Kept low so a tunnel buffers about what a QUIC connection does: one
+/// side's requests in flight (64) hold at most 16 MiB unread, as
+/// [`CONNECTION_RECEIVE_WINDOW`]. More requests wait for a stream (up to
+/// [`STREAM_OPEN_TIMEOUT`]).
+pub const TCP_MAX_STREAMS: usize = 128;
+/// Most bytes one TCP tunnel holds unread, all streams together (yamux's
+/// connection receive window): 32 MiB.
+pub const TCP_CONNECTION_RECEIVE_WINDOW: usize = TCP_MAX_STREAMS * TCP_STREAM_RECEIVE_WINDOW;
+/// TCP keep-alive probes on the fallback transport, so dead peers and
+/// forgotten NAT mappings surface even without traffic.
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Time for one transport (QUIC, or TCP+TLS) to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the relay gives QUIC before also trying TCP (Happy Eyeballs).
+pub const RACE_DELAY: Duration = Duration::from_millis(300);
+/// Sessions one relay key may hold on one gateway (a relay keeps one per
+/// gateway; a few relays may share a key).
+pub const MAX_SESSIONS_PER_KEY: usize = 32;
+/// Most routes one relay session may announce.
+pub const MAX_ROUTES_PER_SESSION: usize = 10_000;
+/// Time to open a data stream (waits while the stream limit is reached).
+pub const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for the stream header to arrive on a new data stream.
+pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest HTTP request or response head carried over a stream.
+pub const MAX_HTTP_HEAD: usize = 64 * 1024;
+
+// Checked at compile time: windows nest, and keep-alive beats the idle timeout.
+const _: () = assert!(STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW);
+const _: () = assert!(CONNECTION_RECEIVE_WINDOW as u64 <= SEND_WINDOW);
+const _: () = assert!(KEEP_ALIVE_INTERVAL.as_millis() * 3 <= IDLE_TIMEOUT.as_millis());
+// A TCP tunnel buffers the same order of magnitude as a QUIC connection.
+const _: () = assert!(TCP_CONNECTION_RECEIVE_WINDOW <= 2 * CONNECTION_RECEIVE_WINDOW as usize);
+const _: () = assert!(TCP_MAX_STREAMS / 2 * TCP_STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_after_tolerates_one_lost_ping_and_stays_under_three_seconds() {
+        assert!(dead_after(DEFAULT_HEARTBEAT) > DEFAULT_HEARTBEAT * 2);
+        assert!(dead_after(DEFAULT_HEARTBEAT) < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn heartbeat_detects_death_before_the_quic_idle_timeout() {
+        assert!(dead_after(DEFAULT_HEARTBEAT) < IDLE_TIMEOUT);
+    }
+}

@@ -1,0 +1,232 @@
+//! Hostnames, `*.suffix` patterns and path prefixes, validated once at the
+//! edge so the rest of the code compares plain lowercase strings.
+
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::limits::MAX_HOSTNAME_LEN;
+
+fn invalid(name: &str, reason: &'static str) -> Error {
+    let mut name = name.to_owned();
+    name.truncate(80);
+    Error::InvalidHostname { name, reason }
+}
+
+/// Lowercases and checks a DNS hostname (letters, digits, `-`, `_`; labels of
+/// 1–63 bytes; at most 253 bytes; one trailing dot allowed and removed).
+/// IP addresses are not hostnames.
+pub fn normalize_hostname(name: &str) -> Result<String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() {
+        return Err(invalid(name, "empty"));
+    }
+    if trimmed.len() > MAX_HOSTNAME_LEN {
+        return Err(invalid(name, "longer than 253 bytes"));
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(invalid(name, "each label must be 1-63 bytes"));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(invalid(
+                name,
+                "only letters, digits, '-' and '_' are allowed (use punycode)",
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(invalid(name, "a label can't start or end with '-'"));
+        }
+    }
+    if trimmed
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(invalid(name, "an IP address is not a hostname"));
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+/// The host part of an HTTP `Host` header or `:authority` (port removed),
+/// normalised, or `None` if it is not a hostname.
+pub fn host_of_authority(authority: &str) -> Option<String> {
+    let host = match authority.rsplit_once(':') {
+        Some((h, port)) if !h.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    normalize_hostname(host).ok()
+}
+
+/// A hostname or a `*.suffix` wildcard (matching any name that ends in
+/// `.suffix`, at any depth, but not `suffix` itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+impl HostPattern {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.strip_prefix("*.") {
+            Some(suffix) => {
+                let suffix = normalize_hostname(suffix)?;
+                // `*.localhost` is fine: RFC 6761 keeps it on loopback.
+                if !suffix.contains('.') && suffix != "localhost" {
+                    return Err(invalid(s, "a wildcard needs at least two labels after '*.'"));
+                }
+                Ok(HostPattern::Wildcard(suffix))
+            }
+            None if s.contains('*') => Err(invalid(s, "'*' is only allowed as a leading '*.' label")),
+            None => Ok(HostPattern::Exact(normalize_hostname(s)?)),
+        }
+    }
+
+    /// Whether `host` (already normalised) matches.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => h == host,
+            HostPattern::Wildcard(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix.as_str())
+                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+            }
+        }
+    }
+
+    /// Higher is more specific: any exact name beats any wildcard; a longer
+    /// suffix beats a shorter one.
+    pub fn specificity(&self) -> usize {
+        match self {
+            HostPattern::Exact(_) => usize::MAX,
+            HostPattern::Wildcard(s) => s.len(),
+        }
+    }
+
+    /// Whether some hostname matches both patterns.
+    pub fn overlaps(&self, other: &HostPattern) -> bool {
+        match (self, other) {
+            (HostPattern::Exact(a), p) | (p, HostPattern::Exact(a)) => p.matches(a),
+            (HostPattern::Wildcard(a), HostPattern::Wildcard(b)) => {
+                a == b || HostPattern::Wildcard(a.clone()).matches(b) || HostPattern::Wildcard(b.clone()).matches(a)
+            }
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// Longest path prefix a route may have.
+pub const MAX_PATH_PREFIX: usize = 1024;
+
+/// Checks a route path prefix: starts with `/`, no `..`/`.` segments, no
+/// query or fragment, printable ASCII. Trailing slashes are removed (except
+/// for `/` itself) since matching is by segment.
+pub fn normalize_path_prefix(p: &str) -> Result<String> {
+    let bad = |reason| Error::InvalidHostname {
+        name: p.chars().take(80).collect(),
+        reason,
+    };
+    if !p.starts_with('/') {
+        return Err(bad("a path prefix must start with '/'"));
+    }
+    if p.len() > MAX_PATH_PREFIX {
+        return Err(bad("path prefix longer than 1024 bytes"));
+    }
+    if !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains(['?', '#']) {
+        return Err(bad("a path prefix may hold only printable ASCII, without '?' or '#'"));
+    }
+    if p.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(bad("a path prefix may not contain '.' or '..' segments"));
+    }
+    let trimmed = p.trim_end_matches('/');
+    Ok(if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+/// Whether request `path` falls under `prefix` (normalised), on segment
+/// boundaries.
+pub fn path_matches(prefix: &str, path: &str) -> bool {
+    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostnames_are_normalised_and_checked() {
+        assert_eq!(normalize_hostname("App.Example.COM.").unwrap(), "app.example.com");
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.b",
+            "a b",
+            "a/b",
+            "127.0.0.1",
+            &"a".repeat(64),
+            &"a.".repeat(130),
+        ] {
+            assert!(normalize_hostname(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn authority_port_is_stripped() {
+        assert_eq!(host_of_authority("App.test:8443").as_deref(), Some("app.test"));
+        assert_eq!(host_of_authority("app.test").as_deref(), Some("app.test"));
+        assert_eq!(host_of_authority("[::1]:443"), None);
+        assert_eq!(host_of_authority("10.0.0.1:80"), None);
+    }
+
+    #[test]
+    fn wildcards_match_any_depth_but_not_the_apex() {
+        let p = HostPattern::parse("*.example.com").unwrap();
+        assert!(p.matches("a.example.com"));
+        assert!(p.matches("a.b.example.com"));
+        assert!(!p.matches("example.com"));
+        assert!(!p.matches("aexample.com"));
+        assert!(HostPattern::parse("*.com").is_err());
+        assert!(HostPattern::parse("*.localhost").unwrap().matches("app.localhost"));
+        assert!(HostPattern::parse("a.*.com").is_err());
+        assert!(
+            HostPattern::parse("*.example.com").unwrap().specificity()
+                < HostPattern::parse("x.y").unwrap().specificity()
+        );
+    }
+
+    #[test]
+    fn overlap() {
+        let p = |s| HostPattern::parse(s).unwrap();
+        assert!(p("*.a.com").overlaps(&p("x.a.com")));
+        assert!(p("*.a.com").overlaps(&p("*.b.a.com")));
+        assert!(!p("*.a.com").overlaps(&p("*.b.com")));
+        assert!(!p("x.com").overlaps(&p("y.com")));
+    }
+
+    #[test]
+    fn path_prefixes_match_on_segments() {
+        assert_eq!(normalize_path_prefix("/api/").unwrap(), "/api");
+        assert_eq!(normalize_path_prefix("/").unwrap(), "/");
+        assert!(normalize_path_prefix("api").is_err());
+        assert!(normalize_path_prefix("/a/../b").is_err());
+        assert!(normalize_path_prefix("/a?b").is_err());
+        assert!(path_matches("/api", "/api"));
+        assert!(path_matches("/api", "/api/v1"));
+        assert!(!path_matches("/api", "/apiv1"));
+        assert!(path_matches("/", "/anything"));
+    }
+}

@@ -1,0 +1,218 @@
+//! One `Tunnel` whatever carries it: the rest of Routehub opens and accepts
+//! streams and never asks which transport is underneath.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::{Error, Result};
+use crate::handshake::{EXPORTER_LABEL, Exporter};
+
+/// Which transport carries a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A multiplexed, authenticated connection between a relay and a gateway.
+/// Cheap to clone; all clones are the same connection.
+#[derive(Clone)]
+pub struct Tunnel {
+    inner: Inner,
+}
+
+#[derive(Clone)]
+enum Inner {
+    Quic(quinn::Connection),
+    Tcp(std::sync::Arc<crate::tcp::YamuxTunnel>),
+}
+
+impl Tunnel {
+    pub fn from_quic(conn: quinn::Connection) -> Self {
+        Tunnel {
+            inner: Inner::Quic(conn),
+        }
+    }
+
+    pub(crate) fn from_yamux(t: std::sync::Arc<crate::tcp::YamuxTunnel>) -> Self {
+        Tunnel { inner: Inner::Tcp(t) }
+    }
+
+    pub fn transport(&self) -> Transport {
+        match &self.inner {
+            Inner::Quic(_) => Transport::Quic,
+            Inner::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        match &self.inner {
+            Inner::Quic(c) => c.remote_address(),
+            Inner::Tcp(t) => t.remote_address(),
+        }
+    }
+
+    /// Keying material that binds the handshake proof to this connection.
+    pub fn exporter(&self) -> Result<Exporter> {
+        match &self.inner {
+            Inner::Quic(c) => {
+                let mut out = [0u8; 32];
+                c.export_keying_material(&mut out, EXPORTER_LABEL, b"")
+                    .map_err(|_| Error::Quic("TLS exporter unavailable".into()))?;
+                Ok(out)
+            }
+            Inner::Tcp(t) => Ok(t.exporter()),
+        }
+    }
+
+    /// Opens a new bidirectional stream. Waits while the peer's stream limit
+    /// is reached; callers bound the wait.
+    pub async fn open_stream(&self) -> Result<TunnelStream> {
+        match &self.inner {
+            Inner::Quic(c) => {
+                let (send, recv) = c.open_bi().await?;
+                Ok(TunnelStream {
+                    inner: StreamInner::Quic { send, recv },
+                })
+            }
+            Inner::Tcp(t) => Ok(TunnelStream {
+                inner: StreamInner::Tcp(t.open_stream().await?),
+            }),
+        }
+    }
+
+    /// Accepts the next stream the peer opened; `Ok(None)` once the tunnel
+    /// was closed by us or gracefully by the peer.
+    pub async fn accept_stream(&self) -> Result<Option<TunnelStream>> {
+        match &self.inner {
+            Inner::Quic(c) => match c.accept_bi().await {
+                Ok((send, recv)) => Ok(Some(TunnelStream {
+                    inner: StreamInner::Quic { send, recv },
+                })),
+                Err(quinn::ConnectionError::LocallyClosed | quinn::ConnectionError::ApplicationClosed(_)) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            Inner::Tcp(t) => Ok(t.accept_stream().await.map(|s| TunnelStream {
+                inner: StreamInner::Tcp(s),
+            })),
+        }
+    }
+
+    /// Whether opens are waiting for a stream right now (the transport's
+    /// stream limit is reached): a stream kept idle should be let go.
+    /// QUIC's limit is far above what is kept idle, so it never says so.
+    pub fn streams_wanted(&self) -> bool {
+        match &self.inner {
+            Inner::Quic(_) => false,
+            Inner::Tcp(t) => t.waiting() > 0,
+        }
+    }
+
+    /// Whether opening a stream would wait for one to close first.
+    pub fn at_stream_limit(&self) -> bool {
+        match &self.inner {
+            Inner::Quic(_) => false,
+            Inner::Tcp(t) => t.at_limit(),
+        }
+    }
+
+    /// Closes the tunnel at once; open streams fail.
+    pub fn close(&self, reason: &str) {
+        match &self.inner {
+            Inner::Quic(c) => c.close(0u32.into(), reason.as_bytes()),
+            Inner::Tcp(t) => t.close(),
+        }
+    }
+
+    /// Resolves when the tunnel is closed, by either side or by timeout.
+    pub async fn closed(&self) -> Error {
+        match &self.inner {
+            Inner::Quic(c) => c.closed().await.into(),
+            Inner::Tcp(t) => t.closed().await,
+        }
+    }
+
+    /// Whether the tunnel is already closed.
+    pub fn is_closed(&self) -> bool {
+        match &self.inner {
+            Inner::Quic(c) => c.close_reason().is_some(),
+            Inner::Tcp(t) => t.is_closed(),
+        }
+    }
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("transport", &self.transport())
+            .field("remote", &self.remote_address())
+            .finish()
+    }
+}
+
+/// One bidirectional stream of a [`Tunnel`]: a byte pipe with tokio's
+/// `AsyncRead`/`AsyncWrite`. Shutting down the write half ends the peer's
+/// reads; dropping the stream finishes it.
+pub struct TunnelStream {
+    pub(crate) inner: StreamInner,
+}
+
+pub(crate) enum StreamInner {
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    Tcp(crate::tcp::YamuxStream),
+}
+
+impl AsyncRead for TunnelStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Quic { recv, .. } => Pin::new(recv).poll_read(cx, buf),
+            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for TunnelStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Quic { send, .. } => Pin::new(send).poll_write(cx, buf).map_err(io::Error::from),
+            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Quic { send, .. } => Pin::new(send).poll_flush(cx),
+            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().inner {
+            StreamInner::Quic { send, .. } => Pin::new(send).poll_shutdown(cx),
+            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_shutdown(cx),
+        }
+    }
+}

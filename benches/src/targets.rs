@@ -31,7 +31,7 @@ pub fn carries(case: &str) -> &'static str {
     match case {
         "direct" => "plain HTTP, no tunnel",
         "routehub-quic" => "HTTPS end to end; QUIC tunnel",
-        "routehub-tcp" => "HTTPS end to end; TCP+TLS+yamux tunnel",
+        "routehub-tcp" => "HTTPS end to end; TCP+TLS+h2 tunnel",
         "rathole" => "plain TCP tunnel, no encryption",
         "rathole-noise" => "TCP tunnel, Noise encryption",
         "bore" => "plain TCP tunnel, no encryption",

@@ -143,7 +143,9 @@ async fn handle_tcp(
         let tls = timeout_at(tunnel_deadline, start.into_stream(state.tunnel_tls.clone()))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
-        return tunnel_proto::tcp::accept(tls, peer)
+        return timeout_at(tunnel_deadline, tunnel_proto::tcp::accept(tls, peer))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "tunnel setup timed out"))?
             .map(Some)
             .map_err(std::io::Error::other);
     }

@@ -24,6 +24,10 @@ pub type TunnelBody = Either<Incoming, Empty<Bytes>>;
 /// Idle connections one session keeps, over all its routes. Each holds a
 /// stream and, on the relay, a connection to the target.
 pub const MAX_IDLE_PER_SESSION: usize = 256;
+// Idle connections alone can never hold every stream a tunnel allows, so
+// a request for another route always finds one (the pool still lets idle
+// ones go first when opens wait).
+const _: () = assert!(MAX_IDLE_PER_SESSION < tunnel_proto::tcp::OPEN_PERMITS);
 /// An idle connection older than this is closed rather than reused: local
 /// services close idle keep-alive connections after as little as 5 s
 /// (Node, uvicorn, Apache; gunicorn 2 s), and a request sent on one the

@@ -598,7 +598,7 @@ mod tests {
         let accept = tokio::spawn(async move {
             let (tcp, remote) = listener.accept().await.unwrap();
             let tls = tokio_rustls::TlsAcceptor::from(server).accept(tcp).await.unwrap();
-            tunnel_proto::tcp::accept(tls, remote).unwrap()
+            tunnel_proto::tcp::accept(tls, remote).await.unwrap()
         });
         let relay_side = tunnel_proto::tcp::connect(
             addr,

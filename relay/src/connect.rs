@@ -1,4 +1,4 @@
-//! Reaching a gateway: QUIC first, TCP+TLS+yamux 300 ms later if QUIC has
+//! Reaching a gateway: QUIC first, TCP+TLS 300 ms later if QUIC has
 //! not connected (Happy Eyeballs style), first to connect wins and the other
 //! attempt is dropped; then the Routehub handshake on the winner.
 

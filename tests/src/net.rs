@@ -287,7 +287,7 @@ impl TestNet {
         Ok(tunnel_proto::quic::connect(addr, "gateway.test", cfg).await?)
     }
 
-    /// A bare TCP+TLS+yamux tunnel to the gateway (ALPN `routehub/1` on
+    /// A bare TCP+TLS tunnel to the gateway (ALPN `routehub/1` on
     /// its HTTPS port), TLS done, no Routehub handshake.
     pub async fn raw_tcp(&self) -> Result<tunnel_proto::Tunnel> {
         self.raw_tcp_over(tokio::net::TcpStream::connect(self.gateway.addr()).await?)

@@ -3,7 +3,7 @@
 //! The sans-IO core — [`frame`] (encoding) and [`handshake`] (state
 //! machines) — never touches a socket or a clock. [`io`] moves frames over
 //! async streams, [`tunnel`] gives one `Tunnel` over QUIC ([`quic`]) or
-//! TCP+TLS+yamux ([`tcp`]), and [`limits`] names every bound.
+//! TCP+TLS with HTTP/2 framing ([`tcp`]), and [`limits`] names every bound.
 
 pub mod error;
 pub mod frame;

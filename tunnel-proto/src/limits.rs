@@ -30,7 +30,8 @@ pub const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
 pub fn dead_after(heartbeat: Duration) -> Duration {
     heartbeat * 5 / 2
 }
-/// Concurrent data streams per session (one per in-flight request).
+/// Concurrent data streams per session (one per in-flight request), on
+/// QUIC and on the TCP fallback alike.
 pub const MAX_STREAMS_PER_SESSION: u32 = 2048;
 /// QUIC flow control: per stream and per connection receive windows, and the
 /// send window. Bounded, unlike quinn's defaults.
@@ -41,20 +42,9 @@ pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// QUIC idle timeout: a backstop; the heartbeat detects death sooner.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Receive window of one yamux stream on the TCP fallback: yamux 0.14
-/// gives every stream at least 256 KiB (the spec's default credit) and
-/// can't go lower, so the stream limit is what bounds buffering.
-pub const TCP_STREAM_RECEIVE_WINDOW: usize = 256 * 1024;
-/// yamux's stream limit on the TCP fallback (it kills the connection when
-/// a peer exceeds it, so openers stay at half: see `tcp::OPEN_PERMITS`).
-/// Kept low so a tunnel buffers about what a QUIC connection does: one
-/// side's requests in flight (64) hold at most 16 MiB unread, as
-/// [`CONNECTION_RECEIVE_WINDOW`]. More requests wait for a stream (up to
-/// [`STREAM_OPEN_TIMEOUT`]).
-pub const TCP_MAX_STREAMS: usize = 128;
-/// Most bytes one TCP tunnel holds unread, all streams together (yamux's
-/// connection receive window): 32 MiB.
-pub const TCP_CONNECTION_RECEIVE_WINDOW: usize = TCP_MAX_STREAMS * TCP_STREAM_RECEIVE_WINDOW;
+/// Largest DATA frame on the TCP fallback (h2's default is 16 KiB):
+/// fewer frames per byte of bulk transfer.
+pub const TCP_MAX_FRAME: u32 = 64 * 1024;
 /// TCP keep-alive probes on the fallback transport, so dead peers and
 /// forgotten NAT mappings surface even without traffic.
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -78,9 +68,8 @@ pub const MAX_HTTP_HEAD: usize = 64 * 1024;
 const _: () = assert!(STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW);
 const _: () = assert!(CONNECTION_RECEIVE_WINDOW as u64 <= SEND_WINDOW);
 const _: () = assert!(KEEP_ALIVE_INTERVAL.as_millis() * 3 <= IDLE_TIMEOUT.as_millis());
-// A TCP tunnel buffers the same order of magnitude as a QUIC connection.
-const _: () = assert!(TCP_CONNECTION_RECEIVE_WINDOW <= 2 * CONNECTION_RECEIVE_WINDOW as usize);
-const _: () = assert!(TCP_MAX_STREAMS / 2 * TCP_STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW as usize);
+// h2 accepts frames of 16 KiB to 16 MiB.
+const _: () = assert!(TCP_MAX_FRAME >= 16 * 1024 && TCP_MAX_FRAME < 16 * 1024 * 1024);
 
 #[cfg(test)]
 mod tests {

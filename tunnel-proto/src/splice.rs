@@ -1,16 +1,16 @@
 //! Copies bytes both ways between a tunnel stream and a local TCP
 //! connection: the relay's whole data path.
 //!
-//! Over QUIC no buffer is held while a direction waits: received chunks are
-//! quinn's own (no copy), and bytes from TCP are read into a buffer on the
-//! stack of one poll, then handed to quinn in one exact-size chunk. An idle
-//! spliced stream costs no heap buffer of its own.
+//! No buffer is held while a direction waits: received chunks are quinn's
+//! or h2's own (no copy), and bytes from TCP are read into a buffer on the
+//! stack of one poll, then handed on in one exact-size chunk. An idle
+//! spliced stream costs no heap buffer of its own, on either transport.
 //!
 //! How a splice ends: the target's reply direction decides. When the target
 //! closes, the stream is finished; when the target fails mid-reply, the
 //! stream is reset, so the gateway never takes a cut reply for a whole one.
-//! When the gateway stops reading (QUIC `STOP_SENDING`) the splice ends at
-//! once. When the gateway's side ends (it let go of the connection; HTTP/1.1
+//! When the gateway stops reading (QUIC `STOP_SENDING`, an h2 reset) the
+//! splice ends at once. When the gateway's side ends (it let go of the connection; HTTP/1.1
 //! never half-closes a live one), the target gets a half-close and
 //! [`TUNNEL_EOF_GRACE`] to finish, no more. A failed write to the target (it
 //! answered early and closed) stops the request direction only, so its
@@ -24,22 +24,22 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::tcp::to_io;
 use crate::tunnel::{StreamInner, TunnelStream};
 
 /// Largest read from the local side at once. On the stack, never held
 /// across an await.
 const READ_CHUNK: usize = 32 * 1024;
-/// Buffer per direction for the TCP fallback transport (yamux streams have
-/// no chunk API).
-const COPY_BUFFER: usize = 8 * 1024;
 /// After the gateway's side of a stream ended, how long the target may
 /// still take to finish its reply.
 pub const TUNNEL_EOF_GRACE: Duration = Duration::from_secs(5);
-/// QUIC error code of a stream whose target failed mid-reply.
+/// QUIC error code of a stream whose target failed mid-reply (on the TCP
+/// fallback, h2's `INTERNAL_ERROR`).
 const TARGET_FAILED: u32 = 1;
 
 /// Splices `stream` and `tcp` until the target's reply direction is done
@@ -48,20 +48,9 @@ pub async fn splice_tcp(stream: TunnelStream, tcp: TcpStream) -> io::Result<(u64
     let (tcp_read, tcp_write) = tcp.into_split();
     match stream.inner {
         StreamInner::Quic { send, recv } => drive(quic_to_tcp(recv, tcp_write), tcp_to_quic(tcp_read, send)).await,
-        inner @ StreamInner::Tcp(_) => {
-            let (mut from, mut to) = tokio::io::split(TunnelStream { inner });
-            let (mut tcp_read, mut tcp_write) = (tcp_read, tcp_write);
-            let up = async move {
-                let n = copy(&mut from, &mut tcp_write).await?;
-                tcp_write.shutdown().await?;
-                Ok(n)
-            };
-            let down = async move {
-                let n = copy(&mut tcp_read, &mut to).await?;
-                to.shutdown().await?;
-                Ok(n)
-            };
-            drive(up, down).await
+        StreamInner::Tcp(stream) => {
+            let (send, recv, unread) = stream.into_halves().await?;
+            drive(h2_to_tcp(recv, unread, tcp_write), tcp_to_h2(tcp_read, send)).await
         }
     }
 }
@@ -92,15 +81,6 @@ async fn drive(
             }
         }
     }
-}
-
-async fn copy<R, W>(from: &mut R, to: &mut W) -> io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: tokio::io::AsyncWrite + Unpin,
-{
-    let mut buffered = tokio::io::BufReader::with_capacity(COPY_BUFFER, from);
-    tokio::io::copy_buf(&mut buffered, to).await
 }
 
 async fn quic_to_tcp(mut recv: quinn::RecvStream, mut tcp: OwnedWriteHalf) -> io::Result<u64> {
@@ -153,6 +133,62 @@ fn read_chunk(tcp: &mut OwnedReadHalf, cx: &mut Context<'_>) -> Poll<io::Result<
     let mut read = ReadBuf::uninit(&mut buf);
     std::task::ready!(Pin::new(tcp).poll_read(cx, &mut read))?;
     Poll::Ready(Ok(Bytes::copy_from_slice(read.filled())))
+}
+
+async fn h2_to_tcp(mut recv: RecvStream, unread: Bytes, mut tcp: OwnedWriteHalf) -> io::Result<u64> {
+    let mut copied = 0u64;
+    let mut chunk = unread;
+    loop {
+        if !chunk.is_empty() {
+            // On failure the stream is dropped: h2 discards what still comes.
+            tcp.write_all(&chunk).await?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            copied += chunk.len() as u64;
+        }
+        chunk = match recv.data().await {
+            Some(data) => data.map_err(to_io)?,
+            None => break,
+        };
+    }
+    tcp.shutdown().await?;
+    Ok(copied)
+}
+
+async fn tcp_to_h2(mut tcp: OwnedReadHalf, mut send: SendStream<Bytes>) -> io::Result<u64> {
+    let mut copied = 0u64;
+    loop {
+        let read = tokio::select! {
+            r = std::future::poll_fn(|cx| read_chunk(&mut tcp, cx)) => r,
+            // The gateway reset the stream: nobody wants the rest.
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return Ok(copied),
+        };
+        let mut chunk = match read {
+            Ok(chunk) => chunk,
+            Err(e) => {
+                // Not a clean end: a reset tells the gateway the reply is cut.
+                send.send_reset(Reason::INTERNAL_ERROR);
+                return Err(e);
+            }
+        };
+        if chunk.is_empty() {
+            break;
+        }
+        copied += chunk.len() as u64;
+        // Window is asked for only with bytes in hand (an idle stream holds
+        // none of the connection's), and the chunk goes out as it comes.
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = std::future::poll_fn(|cx| send.poll_capacity(cx))
+                .await
+                .ok_or(io::ErrorKind::BrokenPipe)?
+                .map_err(to_io)?;
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(to_io)?;
+        }
+    }
+    // Nothing left to send: end of stream. Errors mean the peer is gone.
+    let _ = send.send_data(Bytes::new(), true);
+    Ok(copied)
 }
 
 /// Reads the rest of a direction and drops it (used when a stream is

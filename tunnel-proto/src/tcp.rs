@@ -1,59 +1,232 @@
-//! The fallback transport: TCP + TLS 1.3 + yamux, ALPN `routehub/1`, on the
-//! gateway's HTTPS port, for networks that block UDP.
+//! The fallback transport: TCP + TLS 1.3 + HTTP/2 framing, ALPN
+//! `routehub/1`, on the gateway's HTTPS port, for networks that block UDP.
 //!
-//! yamux is poll-based: one task owns the `Connection` and must keep polling
-//! it for *any* I/O to happen (outbound data and window updates included).
-//! [`spawn_driver`] is that task; the [`YamuxTunnel`] handle talks to it
-//! over channels.
+//! HTTP/2 (the `h2` crate) is only the stream multiplexer here: each tunnel
+//! stream is one h2 stream carrying raw bytes in DATA frames, with h2's
+//! flow control. It gives the TCP fallback what QUIC has: a small window
+//! per stream under one shared connection window, so thousands of streams
+//! (requests, WebSockets) fit in the memory of one QUIC connection. (yamux
+//! gives every stream at least 256 KiB of window, which held the fallback
+//! to a few dozen concurrent streams for the same memory.)
+//!
+//! Roles follow HTTP/2's: the gateway is the h2 client and opens every
+//! stream; the relay is the h2 server and accepts them. The relay's control
+//! stream is therefore opened by the gateway as soon as the connection is
+//! up: the gateway's first [`Tunnel::accept_stream`] returns it, and so
+//! does the relay's only [`Tunnel::open_stream`]. Above this module nobody
+//! knows the difference.
+//!
+//! The unauthenticated side of a new connection (the would-be relay) can
+//! thus open nothing: an h2 server cannot start streams, and push is off.
 
 use std::future::{Future, poll_fn};
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, mpsc, oneshot, watch};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::handshake::{EXPORTER_LABEL, Exporter};
-use crate::limits::{TCP_CONNECTION_RECEIVE_WINDOW, TCP_KEEPALIVE, TCP_MAX_STREAMS};
+use crate::limits::{
+    CONNECTION_RECEIVE_WINDOW, MAX_STREAMS_PER_SESSION, STREAM_RECEIVE_WINDOW, TCP_KEEPALIVE, TCP_MAX_FRAME,
+};
 use crate::tunnel::Tunnel;
 
-/// Inbound streams waiting to be accepted; more are refused (reset). A
-/// gateway accepts only the control stream; a relay one per request, at
-/// most the gateway's open permits, so a peer within limits never sees a reset.
-const SERVER_ACCEPT_BACKLOG: usize = 4;
-const CLIENT_ACCEPT_BACKLOG: usize = TCP_MAX_STREAMS;
-/// Open requests taken from the queue at once (the rest wait in it).
-const OPEN_QUEUE: usize = 64;
-/// Streams this side may have open. yamux kills the whole connection when
-/// a peer exceeds its limit, and the peer may still count streams we have
-/// already closed, so openers keep half of it; further opens wait.
-pub const OPEN_PERMITS: usize = TCP_MAX_STREAMS / 2;
+/// Streams the relay holds accepted but not yet taken: as many as may be
+/// open, so a gateway within the limit is never refused (more are).
+const ACCEPT_BACKLOG: usize = MAX_STREAMS_PER_SESSION as usize;
+/// Most stream resets a peer may cause before the connection is closed
+/// (h2's guard against rapid-reset floods), and how many recently reset
+/// streams are remembered.
+const MAX_RESETS: usize = 1024;
+/// Largest header block accepted: stream headers here are a few bytes.
+const MAX_HEADER_LIST: u32 = 4 * 1024;
 
-/// A yamux stream, holding its open-stream permit while it lives.
-pub(crate) struct YamuxStream {
-    pub(crate) io: Compat<yamux::Stream>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+/// Streams the gateway may have open: the relay's limit. Opens beyond it
+/// wait (callers bound the wait) instead of queueing inside h2.
+pub const OPEN_PERMITS: usize = MAX_STREAMS_PER_SESSION as usize;
+
+/// How long a dropped stream is held so that what was written to it still
+/// goes out (see [`H2Stream`]'s `Drop`).
+const LINGER: Duration = Duration::from_secs(1);
+
+/// One tunnel stream: an h2 stream carrying raw bytes.
+pub(crate) struct H2Stream {
+    /// `None` once handed on by [`H2Stream::into_halves`].
+    send: Option<SendStream<Bytes>>,
+    recv: Recv,
+    /// The rest of the last DATA frame, not yet read.
+    unread: Bytes,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-type OpenRequest = oneshot::Sender<Result<yamux::Stream>>;
+enum Recv {
+    /// Opened by the gateway: the relay's answering headers are not in yet.
+    Waiting(h2::client::ResponseFuture),
+    Open(RecvStream),
+    /// Handed on by [`H2Stream::into_halves`].
+    Taken,
+}
 
-/// Handle to a yamux connection driven by its own task.
-pub(crate) struct YamuxTunnel {
-    open: mpsc::Sender<OpenRequest>,
-    inbound: Mutex<mpsc::Receiver<yamux::Stream>>,
+impl H2Stream {
+    fn accepted(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        H2Stream {
+            send: Some(send),
+            recv: Recv::Open(recv),
+            unread: Bytes::new(),
+            _permit: None,
+        }
+    }
+
+    /// The receiving half, once the peer's headers are in.
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut RecvStream>> {
+        if let Recv::Waiting(response) = &mut self.recv {
+            let response = ready!(Pin::new(response).poll(cx)).map_err(to_io)?;
+            self.recv = Recv::Open(response.into_body());
+        }
+        match &mut self.recv {
+            Recv::Open(r) => Poll::Ready(Ok(r)),
+            Recv::Waiting(_) | Recv::Taken => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn send(&mut self) -> io::Result<&mut SendStream<Bytes>> {
+        self.send.as_mut().ok_or_else(|| io::ErrorKind::BrokenPipe.into())
+    }
+
+    /// Splits the stream for the relay's splice: the sending half and the
+    /// receiving half (with any bytes already taken from it).
+    pub(crate) async fn into_halves(mut self) -> io::Result<(SendStream<Bytes>, RecvStream, Bytes)> {
+        poll_fn(|cx| self.poll_recv(cx).map_ok(|_| ())).await?;
+        let send = self.send.take().ok_or(io::ErrorKind::BrokenPipe)?;
+        match std::mem::replace(&mut self.recv, Recv::Taken) {
+            Recv::Open(r) => Ok((send, r, std::mem::take(&mut self.unread))),
+            Recv::Waiting(_) | Recv::Taken => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+}
+
+/// Dropping a stream finishes it, as on QUIC: what was written still
+/// arrives, then the end of stream. h2 resets a stream dropped while the
+/// peer's side is open, and a reset discards what is still queued, so the
+/// sending half is held for [`LINGER`] (or until the peer resets it)
+/// first. What the peer still sends is discarded meanwhile.
+impl Drop for H2Stream {
+    fn drop(&mut self) {
+        let Some(mut send) = self.send.take() else { return };
+        let _ = send.send_data(Bytes::new(), true);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = tokio::time::timeout(LINGER, poll_fn(|cx| send.poll_reset(cx))).await;
+            });
+        }
+    }
+}
+
+/// An h2 error as an I/O error; a stream the peer reset reads as a reset
+/// connection, as it would on QUIC.
+pub(crate) fn to_io(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        return e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
+    }
+    match e.reason() {
+        Some(_) if e.is_reset() || e.is_remote() => io::Error::new(io::ErrorKind::ConnectionReset, e),
+        _ => io::Error::other(e),
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.unread.is_empty() {
+            let recv = ready!(this.poll_recv(cx))?;
+            match ready!(recv.poll_data(cx)) {
+                Some(Ok(data)) => this.unread = data,
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        // Window back to the peer only for what was read: unread bytes
+        // stay bounded by the stream's window.
+        if let Recv::Open(r) = &mut this.recv {
+            let _ = r.flow_control().release_capacity(n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let send = self.get_mut().send()?;
+        // Capacity is asked for only with bytes in hand, so an idle stream
+        // holds none of the connection's window.
+        send.reserve_capacity(buf.len());
+        match ready!(send.poll_capacity(cx)) {
+            Some(Ok(n)) => {
+                let n = n.min(buf.len());
+                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(to_io)?;
+                Poll::Ready(Ok(n))
+            }
+            Some(Err(e)) => Poll::Ready(Err(to_io(e))),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection task writes out what h2 holds.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let send = self.get_mut().send()?;
+        // Ending twice (or after a reset) is not an error for a shutdown.
+        let _ = send.send_data(Bytes::new(), true);
+        send.reserve_capacity(0);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What one side of the connection does with streams.
+enum Role {
+    /// h2 client: opens every stream. `control` is the relay's control
+    /// stream, opened at once, until the gateway's session takes it.
+    Gateway {
+        opener: h2::client::SendRequest<Bytes>,
+        control: std::sync::Mutex<Option<H2Stream>>,
+    },
+    /// h2 server: accepts streams; the first is the control stream.
+    Relay {
+        inbound: Mutex<mpsc::Receiver<H2Stream>>,
+        control_taken: AtomicBool,
+    },
+}
+
+/// Handle to an h2 connection driven by its own task.
+pub(crate) struct H2Tunnel {
+    role: Role,
     close: CancellationToken,
-    /// `Some(reason)` once the driver has stopped.
+    /// `Some(reason)` once the connection task has stopped.
     closed: watch::Receiver<Option<String>>,
     remote: SocketAddr,
     exporter: Exporter,
-    permits: Arc<tokio::sync::Semaphore>,
+    permits: Arc<Semaphore>,
     waiting: AtomicUsize,
 }
 
@@ -70,34 +243,66 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     Guard(Some(f))
 }
 
-impl YamuxTunnel {
-    /// Waits for a permit (at most [`OPEN_PERMITS`] streams open), then opens.
-    pub(crate) async fn open_stream(&self) -> Result<YamuxStream> {
-        let permit = {
-            self.waiting.fetch_add(1, Ordering::AcqRel);
-            let _waited = scopeguard(|| {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-            });
-            self.permits
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| self.closed_error())?
-        };
-        let (tx, rx) = oneshot::channel();
-        self.open.send(tx).await.map_err(|_| self.closed_error())?;
-        let stream = rx.await.map_err(|_| self.closed_error())??;
-        Ok(YamuxStream {
-            io: stream.compat(),
-            _permit: Some(permit),
-        })
+/// The request that opens a stream: h2 wants a method and a path.
+fn stream_request() -> http::Request<()> {
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = http::Uri::from_static("https://routehub/stream");
+    request
+}
+
+impl H2Tunnel {
+    /// Gateway: waits for a permit (the relay's stream limit), then opens.
+    /// Relay: returns the control stream the gateway opened for it.
+    pub(crate) async fn open_stream(&self) -> Result<H2Stream> {
+        match &self.role {
+            Role::Gateway { opener, .. } => {
+                let permit = {
+                    self.waiting.fetch_add(1, Ordering::AcqRel);
+                    let _waited = scopeguard(|| {
+                        self.waiting.fetch_sub(1, Ordering::AcqRel);
+                    });
+                    self.permits
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .map_err(|_| self.closed_error())?
+                };
+                let mut stream = open(opener.clone()).await.map_err(|e| self.h2_error(e))?;
+                stream._permit = Some(permit);
+                Ok(stream)
+            }
+            Role::Relay { control_taken, .. } => {
+                if control_taken.swap(true, Ordering::AcqRel) {
+                    return Err(Error::Closed(
+                        "a relay opens only its control stream on a TCP tunnel".into(),
+                    ));
+                }
+                self.next_inbound().await.ok_or_else(|| self.closed_error())
+            }
+        }
     }
 
-    pub(crate) async fn accept_stream(&self) -> Option<YamuxStream> {
-        self.inbound.lock().await.recv().await.map(|s| YamuxStream {
-            io: s.compat(),
-            _permit: None,
-        })
+    pub(crate) async fn accept_stream(&self) -> Option<H2Stream> {
+        match &self.role {
+            Role::Gateway { control, .. } => {
+                let taken = control.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if taken.is_some() {
+                    return taken;
+                }
+                // The relay can open nothing else.
+                self.closed().await;
+                None
+            }
+            Role::Relay { .. } => self.next_inbound().await,
+        }
+    }
+
+    async fn next_inbound(&self) -> Option<H2Stream> {
+        match &self.role {
+            Role::Relay { inbound, .. } => inbound.lock().await.recv().await,
+            Role::Gateway { .. } => None,
+        }
     }
 
     pub(crate) fn at_limit(&self) -> bool {
@@ -128,8 +333,15 @@ impl YamuxTunnel {
             self.closed
                 .borrow()
                 .clone()
-                .unwrap_or_else(|| "yamux connection closed".into()),
+                .unwrap_or_else(|| "TCP tunnel closed".into()),
         )
+    }
+
+    fn h2_error(&self, e: h2::Error) -> Error {
+        if self.is_closed() {
+            return self.closed_error();
+        }
+        Error::Io(to_io(e))
     }
 
     pub(crate) fn remote_address(&self) -> SocketAddr {
@@ -141,100 +353,74 @@ impl YamuxTunnel {
     }
 }
 
-fn yamux_config() -> yamux::Config {
-    let mut cfg = yamux::Config::default();
-    // Order matters: yamux asserts window >= 256 KiB × streams on each
-    // call, so the (lower) window goes after the (lower) stream limit.
-    // Windows equal to streams × 256 KiB leave no room for yamux to grow
-    // any stream's window: the total stays bounded.
-    cfg.set_max_num_streams(TCP_MAX_STREAMS);
-    cfg.set_max_connection_receive_window(Some(TCP_CONNECTION_RECEIVE_WINDOW));
-    cfg
+/// Opens one stream on the gateway side.
+async fn open(opener: h2::client::SendRequest<Bytes>) -> Result<H2Stream, h2::Error> {
+    let mut opener = opener.ready().await?;
+    let (response, send) = opener.send_request(stream_request(), false)?;
+    Ok(H2Stream {
+        send: Some(send),
+        recv: Recv::Waiting(response),
+        unread: Bytes::new(),
+        _permit: None,
+    })
 }
 
-/// Starts the driver for an established TLS stream and returns the tunnel.
-fn spawn_driver<S>(io: S, mode: yamux::Mode, remote: SocketAddr, exporter: Exporter) -> Tunnel
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let backlog = match mode {
-        yamux::Mode::Server => SERVER_ACCEPT_BACKLOG,
-        yamux::Mode::Client => CLIENT_ACCEPT_BACKLOG,
+/// Windows and limits, the same on both sides and the same as QUIC's.
+macro_rules! configure {
+    ($builder:expr) => {
+        $builder
+            .initial_window_size(STREAM_RECEIVE_WINDOW)
+            .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW)
+            .max_frame_size(TCP_MAX_FRAME)
+            .max_header_list_size(MAX_HEADER_LIST)
+            .max_concurrent_reset_streams(MAX_RESETS)
+            .max_pending_accept_reset_streams(MAX_RESETS)
+            .max_local_error_reset_streams(Some(MAX_RESETS))
     };
-    let mut conn = yamux::Connection::new(io.compat(), yamux_config(), mode);
-    let (open_tx, mut open_rx) = mpsc::channel::<OpenRequest>(256);
-    let (inbound_tx, inbound_rx) = mpsc::channel(backlog);
+}
+
+/// Runs `conn` (the connection's I/O) until it ends or `stop` fires, then
+/// publishes why it ended.
+fn spawn_connection<F>(conn: F, stop: CancellationToken, closed: watch::Sender<Option<String>>)
+where
+    F: Future<Output = Result<(), h2::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let reason = tokio::select! {
+            r = conn => match r {
+                Ok(()) => "peer closed the connection".to_owned(),
+                Err(e) => format!("h2: {e}"),
+            },
+            _ = stop.cancelled() => "closed locally".to_owned(),
+        };
+        // Dropping the connection closes the socket.
+        let _ = closed.send(Some(reason));
+    });
+}
+
+fn tunnel(
+    role: Role,
+    remote: SocketAddr,
+    exporter: Exporter,
+) -> (Tunnel, CancellationToken, watch::Sender<Option<String>>) {
     let (closed_tx, closed_rx) = watch::channel(None);
     let close = CancellationToken::new();
-    let stop = close.clone();
-    tokio::spawn(async move {
-        let mut waiting: std::collections::VecDeque<OpenRequest> = Default::default();
-        let stopped = stop.cancelled();
-        tokio::pin!(stopped);
-        let mut closing = false;
-        let reason = poll_fn(|cx| {
-            loop {
-                if !closing && stopped.as_mut().poll(cx).is_ready() {
-                    closing = true;
-                }
-                if closing {
-                    return match conn.poll_close(cx) {
-                        Poll::Ready(_) => Poll::Ready("closed locally".to_owned()),
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
-                while waiting.len() < OPEN_QUEUE {
-                    match open_rx.poll_recv(cx) {
-                        Poll::Ready(Some(req)) => waiting.push_back(req),
-                        // Every handle is gone: nobody can use the tunnel.
-                        Poll::Ready(None) if !closing => {
-                            closing = true;
-                            break;
-                        }
-                        _ => break,
-                    }
-                }
-                if closing {
-                    continue;
-                }
-                // Callers that gave up (timed out) get nothing opened.
-                waiting.retain(|req| !req.is_closed());
-                while !waiting.is_empty() {
-                    match conn.poll_new_outbound(cx) {
-                        Poll::Ready(Ok(stream)) => {
-                            if let Some(req) = waiting.pop_front() {
-                                let _ = req.send(Ok(stream));
-                            }
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(format!("yamux: {e}")),
-                        Poll::Pending => break,
-                    }
-                }
-                match conn.poll_next_inbound(cx) {
-                    // A full backlog drops the stream: yamux resets it.
-                    Poll::Ready(Some(Ok(stream))) => drop(inbound_tx.try_send(stream)),
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(format!("yamux: {e}")),
-                    Poll::Ready(None) => return Poll::Ready("peer closed the connection".to_owned()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await;
-        for req in waiting {
-            let _ = req.send(Err(Error::Closed(reason.clone())));
-        }
-        let _ = closed_tx.send(Some(reason));
-    });
-    Tunnel::from_yamux(Arc::new(YamuxTunnel {
-        open: open_tx,
-        inbound: Mutex::new(inbound_rx),
-        close,
+    let t = Tunnel::from_tcp(Arc::new(H2Tunnel {
+        role,
+        close: close.clone(),
         closed: closed_rx,
         remote,
         exporter,
-        permits: Arc::new(tokio::sync::Semaphore::new(OPEN_PERMITS)),
+        permits: Arc::new(Semaphore::new(OPEN_PERMITS)),
         waiting: AtomicUsize::new(0),
-    }))
+    }));
+    (t, close, closed_tx)
+}
+
+fn exporter_of<C>(conn: &rustls::ConnectionCommon<C>) -> Result<Exporter> {
+    let mut exporter = [0u8; 32];
+    conn.export_keying_material(&mut exporter, EXPORTER_LABEL, None)?;
+    Ok(exporter)
 }
 
 fn tune(tcp: &TcpStream) {
@@ -245,17 +431,37 @@ fn tune(tcp: &TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
 }
 
-/// Gateway side: wraps an accepted TLS connection whose ALPN is `routehub/1`.
-pub fn accept(tls: tokio_rustls::server::TlsStream<TcpStream>, remote: SocketAddr) -> Result<Tunnel> {
+/// Gateway side: starts h2 on an accepted TLS connection whose ALPN is
+/// `routehub/1`, and opens the relay's control stream. Callers bound the
+/// wait (h2's preface is written here).
+pub async fn accept(tls: tokio_rustls::server::TlsStream<TcpStream>, remote: SocketAddr) -> Result<Tunnel> {
     tune(tls.get_ref().0);
-    let mut exporter = [0u8; 32];
-    tls.get_ref()
-        .1
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)?;
-    Ok(spawn_driver(tls, yamux::Mode::Server, remote, exporter))
+    let exporter = exporter_of(tls.get_ref().1)?;
+    gateway_side(tls, remote, exporter).await
 }
 
-/// Relay side: TCP connect, TLS 1.3 with ALPN `routehub/1`, yamux, all
+async fn gateway_side<S>(io: S, remote: SocketAddr, exporter: Exporter) -> Result<Tunnel>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (opener, conn) = configure!(h2::client::Builder::new())
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| Error::Io(to_io(e)))?;
+    // Opening needs no I/O yet: the control stream goes out with the
+    // connection's first writes.
+    let control = open(opener.clone()).await.map_err(|e| Error::Io(to_io(e)))?;
+    let role = Role::Gateway {
+        opener,
+        control: std::sync::Mutex::new(Some(control)),
+    };
+    let (t, close, closed) = tunnel(role, remote, exporter);
+    spawn_connection(conn, close, closed);
+    Ok(t)
+}
+
+/// Relay side: TCP connect, TLS 1.3 with ALPN `routehub/1`, h2, all
 /// within `timeout`.
 pub async fn connect(
     addr: SocketAddr,
@@ -272,7 +478,7 @@ pub async fn connect(
 }
 
 /// Like [`connect`] over a TCP connection made by the caller (tests use
-/// it to decide when TLS starts): TLS and yamux within `timeout`.
+/// it to decide when TLS starts): TLS and h2 within `timeout`.
 pub async fn connect_over(
     tcp: TcpStream,
     server_name: &str,
@@ -302,11 +508,46 @@ async fn tls_over(
     let tls = tokio::time::timeout_at(deadline, tokio_rustls::TlsConnector::from(tls).connect(name, tcp))
         .await
         .map_err(|_| Error::HandshakeTimeout(timeout))??;
-    let mut exporter = [0u8; 32];
-    tls.get_ref()
-        .1
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)?;
-    Ok(spawn_driver(tls, yamux::Mode::Client, remote, exporter))
+    let exporter = exporter_of(tls.get_ref().1)?;
+    tokio::time::timeout_at(deadline, relay_side(tls, remote, exporter))
+        .await
+        .map_err(|_| Error::HandshakeTimeout(timeout))?
+}
+
+async fn relay_side<S>(io: S, remote: SocketAddr, exporter: Exporter) -> Result<Tunnel>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut conn = configure!(h2::server::Builder::new())
+        .max_concurrent_streams(MAX_STREAMS_PER_SESSION)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| Error::Io(to_io(e)))?;
+    let (inbound_tx, inbound_rx) = mpsc::channel(ACCEPT_BACKLOG);
+    let role = Role::Relay {
+        inbound: Mutex::new(inbound_rx),
+        control_taken: AtomicBool::new(false),
+    };
+    let (t, close, closed) = tunnel(role, remote, exporter);
+    // The server's I/O happens while it is polled for new streams.
+    let accepting = async move {
+        while let Some(next) = conn.accept().await {
+            let (request, mut respond) = next?;
+            // Headers back at once: the gateway's reads start there.
+            let Ok(send) = respond.send_response(http::Response::new(()), false) else {
+                continue;
+            };
+            let stream = H2Stream::accepted(send, request.into_body());
+            if let Err(mpsc::error::TrySendError::Full(mut refused)) = inbound_tx.try_send(stream)
+                && let Some(mut send) = refused.send.take()
+            {
+                send.send_reset(Reason::REFUSED_STREAM);
+            }
+        }
+        Ok(())
+    };
+    spawn_connection(accepting, close, closed);
+    Ok(t)
 }
 
 #[cfg(test)]
@@ -316,38 +557,84 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::limits::{CONNECTION_RECEIVE_WINDOW, TCP_STREAM_RECEIVE_WINDOW};
 
-    #[test]
-    fn yamux_takes_the_limits() {
-        assert_eq!(TCP_STREAM_RECEIVE_WINDOW, yamux::DEFAULT_CREDIT as usize);
-        // yamux panics on a window below streams × its default credit.
-        let _ = yamux_config();
-        const { assert!(OPEN_PERMITS * 2 <= TCP_MAX_STREAMS) };
-    }
-
-    /// A gateway opens every stream it may (one per request) and the relay
-    /// answers on all of them while nobody reads the answers (slow
-    /// clients): what piles up unread stays within a QUIC connection's
-    /// window. Virtual time: it only moves once every task is blocked.
-    #[tokio::test(start_paused = true)]
-    async fn answers_nobody_reads_buffer_at_most_a_quic_connection_window() {
+    async fn pair() -> (Tunnel, Tunnel) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
-        let gateway = spawn_driver(a, yamux::Mode::Server, addr, [0; 32]);
-        let relay = spawn_driver(b, yamux::Mode::Client, addr, [0; 32]);
+        let (gateway, relay) = tokio::join!(gateway_side(a, addr, [0; 32]), relay_side(b, addr, [0; 32]));
+        (gateway.expect("gateway side"), relay.expect("relay side"))
+    }
+
+    #[tokio::test]
+    async fn the_relay_control_stream_is_the_one_the_gateway_accepts() {
+        let (gateway, relay) = pair().await;
+        let mut relay_ctrl = relay.open_stream().await.expect("control");
+        let mut gateway_ctrl = gateway.accept_stream().await.expect("accept").expect("control");
+        relay_ctrl.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        gateway_ctrl.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+        gateway_ctrl.write_all(b"welcome").await.unwrap();
+        gateway_ctrl.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        relay_ctrl.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"welcome");
+        // Nothing else from the relay: it opens no second stream.
+        assert!(relay.open_stream().await.is_err());
+        gateway.close("done");
+        let more = tokio::time::timeout(Duration::from_secs(5), gateway.accept_stream()).await;
+        assert!(matches!(more, Ok(Ok(None))), "accept ends with the tunnel");
+    }
+
+    /// The gateway opens a thousand streams at once (the yamux fallback
+    /// stopped at 64) and each carries its own bytes both ways.
+    #[tokio::test]
+    async fn a_thousand_streams_at_once() {
+        let (gateway, relay) = pair().await;
+        let _ctrl = relay.open_stream().await.expect("control");
+        let echo = tokio::spawn(async move {
+            while let Ok(Some(mut s)) = relay.accept_stream().await {
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    s.read_to_end(&mut buf).await.unwrap();
+                    s.write_all(&buf).await.unwrap();
+                    s.shutdown().await.unwrap();
+                });
+            }
+        });
         let mut opened = Vec::new();
-        for _ in 0..OPEN_PERMITS {
+        for i in 0..1000u32 {
+            let mut s = gateway.open_stream().await.expect("open");
+            s.write_all(&i.to_be_bytes()).await.unwrap();
+            opened.push(s);
+        }
+        for (i, mut s) in opened.into_iter().enumerate() {
+            s.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, (i as u32).to_be_bytes());
+        }
+        echo.abort();
+    }
+
+    /// The relay answers on every stream the gateway may open while nobody
+    /// reads the answers (slow clients): what piles up unread stays within
+    /// one connection window, as on QUIC. Virtual time: it only moves once
+    /// every task is blocked.
+    #[tokio::test(start_paused = true)]
+    async fn answers_nobody_reads_buffer_at_most_a_connection_window() {
+        let (gateway, relay) = pair().await;
+        let _ctrl = relay.open_stream().await.expect("control");
+        const STREAMS: usize = 64;
+        let mut opened = Vec::new();
+        for _ in 0..STREAMS {
             let mut s = gateway.open_stream().await.expect("open");
             s.write_all(b"?").await.expect("request");
             opened.push(s);
         }
-        // One more waits for a permit: never more streams open than that.
-        let more = tokio::time::timeout(Duration::from_secs(1), gateway.open_stream()).await;
-        assert!(more.is_err(), "opened more than {OPEN_PERMITS} streams");
         let written = Arc::new(AtomicUsize::new(0));
         let mut answers = tokio::task::JoinSet::new();
-        for _ in 0..OPEN_PERMITS {
+        for _ in 0..STREAMS {
             let mut s = relay.accept_stream().await.expect("accept").expect("a stream");
             let written = written.clone();
             answers.spawn(async move {
@@ -364,13 +651,37 @@ mod tests {
         let total = written.load(Ordering::Relaxed);
         assert!(
             total <= CONNECTION_RECEIVE_WINDOW as usize,
-            "{total} bytes buffered unread, more than QUIC's {CONNECTION_RECEIVE_WINDOW}"
+            "{total} bytes buffered unread, more than the {CONNECTION_RECEIVE_WINDOW}-byte window"
         );
         assert!(
-            total >= OPEN_PERMITS * TCP_STREAM_RECEIVE_WINDOW / 2,
+            total >= CONNECTION_RECEIVE_WINDOW as usize / 2,
             "only {total} bytes went out"
         );
         answers.abort_all();
         drop(opened);
+    }
+
+    /// A stream the gateway drops mid-answer is reset: the relay's writes
+    /// fail instead of waiting for window forever.
+    #[tokio::test]
+    async fn a_dropped_stream_is_reset_at_the_other_end() {
+        let (gateway, relay) = pair().await;
+        let _ctrl = relay.open_stream().await.expect("control");
+        let mut s = gateway.open_stream().await.expect("open");
+        s.write_all(b"?").await.unwrap();
+        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
+        let mut request = [0u8; 1];
+        r.read_exact(&mut request).await.unwrap();
+        drop(s);
+        let chunk = vec![0u8; 64 * 1024];
+        let failed = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if r.write(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        assert!(failed.is_ok(), "writes to a dropped stream must fail");
     }
 }

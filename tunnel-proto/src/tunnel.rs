@@ -44,7 +44,7 @@ pub struct Tunnel {
 #[derive(Clone)]
 enum Inner {
     Quic(quinn::Connection),
-    Tcp(std::sync::Arc<crate::tcp::YamuxTunnel>),
+    Tcp(std::sync::Arc<crate::tcp::H2Tunnel>),
 }
 
 impl Tunnel {
@@ -54,7 +54,7 @@ impl Tunnel {
         }
     }
 
-    pub(crate) fn from_yamux(t: std::sync::Arc<crate::tcp::YamuxTunnel>) -> Self {
+    pub(crate) fn from_tcp(t: std::sync::Arc<crate::tcp::H2Tunnel>) -> Self {
         Tunnel { inner: Inner::Tcp(t) }
     }
 
@@ -182,14 +182,14 @@ pub(crate) enum StreamInner {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     },
-    Tcp(crate::tcp::YamuxStream),
+    Tcp(crate::tcp::H2Stream),
 }
 
 impl AsyncRead for TunnelStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             StreamInner::Quic { recv, .. } => Pin::new(recv).poll_read(cx, buf),
-            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_read(cx, buf),
+            StreamInner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -198,21 +198,21 @@ impl AsyncWrite for TunnelStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().inner {
             StreamInner::Quic { send, .. } => Pin::new(send).poll_write(cx, buf).map_err(io::Error::from),
-            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_write(cx, buf),
+            StreamInner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             StreamInner::Quic { send, .. } => Pin::new(send).poll_flush(cx),
-            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_flush(cx),
+            StreamInner::Tcp(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             StreamInner::Quic { send, .. } => Pin::new(send).poll_shutdown(cx),
-            StreamInner::Tcp(s) => Pin::new(&mut s.io).poll_shutdown(cx),
+            StreamInner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -97,22 +97,9 @@ pub(crate) fn respond(state: &State, req: &Request<Incoming>) -> Response<Body> 
 /// Serves plain HTTP until shutdown.
 pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
     let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = state.shutdown.cancelled() => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HTTP accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = state.shutdown.cancelled() => break,
-        };
+    while let Some((tcp, peer, permit)) =
+        crate::listener::next_connection(&listener, &permits, &state.shutdown, "HTTP").await
+    {
         let state = state.clone();
         tokio::spawn(
             async move {

@@ -3,6 +3,7 @@
 //! anything else is end-user HTTPS (h2 or HTTP/1.1), for which a
 //! certificate is obtained first if the name is registered.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tunnel_proto::Tunnel;
 use tunnel_proto::limits::HANDSHAKE_TIMEOUT;
@@ -70,23 +72,7 @@ pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
 /// connection limit.
 pub(crate) async fn accept_tcp(listener: TcpListener, state: Arc<State>) {
     let permits = Arc::new(Semaphore::new(state.config.max_connections));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = state.shutdown.cancelled() => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = state.shutdown.cancelled() => break,
-        };
+    while let Some((tcp, peer, permit)) = next_connection(&listener, &permits, &state.shutdown, "HTTPS").await {
         let _ = tcp.set_nodelay(true);
         // A relay has this long from its TCP connection to `Welcome`
         // (TLS included), as over QUIC.
@@ -118,6 +104,33 @@ pub(crate) async fn accept_tcp(listener: TcpListener, state: Arc<State>) {
             }
             .instrument(tracing::debug_span!("conn", %peer)),
         );
+    }
+}
+
+/// The next connection on `listener`, with a permit of `permits` (waits
+/// while every permit is taken); `None` at shutdown.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    what: &str,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.ok()?,
+            _ = shutdown.cancelled() => return None,
+        };
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => return Some((tcp, peer, permit)),
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, listener = what, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.cancelled() => return None,
+        }
     }
 }
 

@@ -265,33 +265,57 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
             Ok(resp) => return Ok(resp),
             Err(failure) => failure,
         };
+        let refused = failure.answer.is_some();
         attempt += 1;
+        let Failure {
+            error,
+            unsent,
+            maybe_in_progress,
+            stale,
+            answer,
+        } = failure;
+        // What the client gets when this was the last attempt.
+        let give_up = move || answer.map(Ok).unwrap_or(Err(error));
         // Retry only what can't be duplicated harmfully: a request that
         // provably never reached the relay, whatever its method; or a safe
         // one without a body, unless the relay may still be working on it.
-        let again = match (failure.unsent, &replay) {
+        let again = match (unsent, &replay) {
             (Some(unsent), _) => unsent,
-            (None, Some(replay)) if !failure.maybe_in_progress => replay.rebuild(),
-            (None, _) => return Err(failure.error),
+            (None, Some(replay)) if !maybe_in_progress => replay.rebuild(),
+            (None, _) => return give_up(),
         };
         if attempt > MAX_RETRIES {
-            return Err(failure.error);
+            return give_up();
         }
         // An idle connection its target had closed, on a session that is
         // still up: again on it, over a new stream.
-        if failure.stale && session.is_usable() {
-            tracing::debug!(%host, error = %failure.error, "idle tunnel connection was stale; retrying on a new stream");
+        if stale && session.is_usable() {
+            tracing::debug!(%host, "idle tunnel connection was stale; retrying on a new stream");
             reuse = std::time::Duration::ZERO;
             req = again;
             continue;
         }
-        let deadline = tokio::time::Instant::now() + reconnect_wait;
-        match next_session(state, &host, &path, Some(session.id), deadline).await {
+        // A relay that answered for itself is up: take another session only
+        // if there is one now. After a lost session, wait for its return.
+        let wait = if refused {
+            std::time::Duration::ZERO
+        } else {
+            reconnect_wait
+        };
+        match next_session(
+            state,
+            &host,
+            &path,
+            Some(session.id),
+            tokio::time::Instant::now() + wait,
+        )
+        .await
+        {
             // Only to a route with the very policy this request passed.
             Some((s, r, p)) if p == policy => (session, route_id) = (s, r),
-            _ => return Err(failure.error),
+            _ => return give_up(),
         }
-        tracing::debug!(%host, error = %failure.error, next = session.id, "retrying on another session");
+        tracing::debug!(%host, next = session.id, "retrying on another session");
         req = again;
     }
 }
@@ -417,6 +441,9 @@ struct Failure {
     /// It failed on a reused idle connection before any response: most
     /// likely the target had closed it, not a failing session.
     stale: bool,
+    /// The relay's own answer (its target was not reached), for the client
+    /// if no other relay can take the request.
+    answer: Option<Response<Body>>,
 }
 
 impl Failure {
@@ -426,6 +453,7 @@ impl Failure {
             unsent: Some(req),
             maybe_in_progress: false,
             stale: false,
+            answer: None,
         }
     }
 }
@@ -496,6 +524,7 @@ async fn forward(
                 unsent: None,
                 maybe_in_progress: true,
                 stale: false,
+                answer: None,
             });
         }
         Ok(Ok(resp)) => resp,
@@ -513,9 +542,22 @@ async fn forward(
                 unsent,
                 maybe_in_progress: false,
                 stale: conn.reused,
+                answer: None,
             });
         }
     };
+    // The relay answered for itself: the target was not reached (a route it
+    // no longer has, a target that refused), so another relay may take it.
+    if let Some(kind) = refusal_kind(&resp) {
+        let error = unavailable(format!("the relay could not reach the target ({kind})"));
+        return Err(Failure {
+            error,
+            unsent: None,
+            maybe_in_progress: false,
+            stale: false,
+            answer: Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+        });
+    }
     let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut()).is_some();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade.take(), upgraded) {
@@ -542,6 +584,7 @@ async fn forward(
                     unsent: None,
                     maybe_in_progress: true,
                     stale: false,
+                    answer: None,
                 });
             }
         }
@@ -557,6 +600,17 @@ async fn forward(
         .map_err(|e| Box::new(e) as BoxError)
         .boxed_unsync()
     }))
+}
+
+/// The relay's `x-routehub-error` on a 502 of its own that proves the
+/// request never reached the target. (A target could send the same; only
+/// safe requests are retried on it, so that at worst asks one again.)
+fn refusal_kind<B>(resp: &Response<B>) -> Option<&str> {
+    if resp.status() != StatusCode::BAD_GATEWAY {
+        return None;
+    }
+    let kind = resp.headers().get(X_ROUTEHUB_ERROR)?.to_str().ok()?;
+    matches!(kind, "route_gone" | "target_unreachable").then_some(kind)
 }
 
 /// A response body from a relay. Counts as in flight until it is done;

@@ -570,3 +570,53 @@ async fn hundreds_of_concurrent_requests_share_one_tcp_tunnel() {
     );
     assert_eq!(id(&relay.status().borrow()), id(&before), "the TCP tunnel was replaced");
 }
+
+/// Two relays serve app.test and one cannot reach its target. A safe
+/// request that lands on that one goes on to the other; a POST gets that
+/// relay's own 502 (it provably never reached a target, but its body is
+/// spent), never a second delivery.
+#[tokio::test]
+async fn a_relay_that_cannot_reach_its_target_hands_safe_requests_to_another() {
+    let s = setup().await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let broken = s
+        .relay(|c| c.routes = routes(&[("app.test", &format!("http://{dead}"))]))
+        .await;
+    broken.wait_ready(1, Duration::from_secs(5)).await.unwrap();
+    let good = s.relay(|_| {}).await;
+    good.wait_ready(1, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        s.net.metric("routehub_relay_sessions{transport=\"quic\"}").await,
+        Some(2.0)
+    );
+    let client = s.net.client();
+    let hits = s.backend.hits();
+    for _ in 0..10 {
+        let reply = client.get("app.test", "/").await.unwrap();
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(s.backend.hits() - hits, 10);
+
+    let hits = s.backend.hits();
+    let mut refused = 0;
+    for _ in 0..10 {
+        let req = Request::post("https://app.test/").body(body("x")).unwrap();
+        let reply = client.request("app.test", Proto::H1, req).await.unwrap();
+        if reply.status == StatusCode::BAD_GATEWAY {
+            assert_eq!(reply.headers["x-routehub-error"], "target_unreachable");
+            assert!(reply.text().contains(&dead.to_string()), "{}", reply.text());
+            refused += 1;
+        } else {
+            assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        }
+    }
+    assert!(refused > 0, "round robin sent no POST to the broken relay");
+    assert_eq!(
+        s.backend.hits() - hits,
+        10 - refused,
+        "each POST delivered at most once"
+    );
+}

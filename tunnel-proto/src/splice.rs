@@ -23,7 +23,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -135,20 +135,58 @@ fn read_chunk(tcp: &mut OwnedReadHalf, cx: &mut Context<'_>) -> Poll<io::Result<
     Poll::Ready(Ok(Bytes::copy_from_slice(read.filled())))
 }
 
+/// Frames are taken from h2 as they come, also while a write to the target
+/// waits: h2 keeps a record per frame it holds, and enough small frames
+/// left with it close the whole tunnel (its guard against floods of tiny
+/// DATA frames: a client trickling an upload to a target that does not
+/// read would do it). Frames that arrive while a write waits are joined in
+/// one buffer; the window is released only as bytes reach the target, so
+/// that buffer stays within the stream's window.
 async fn h2_to_tcp(mut recv: RecvStream, unread: Bytes, mut tcp: OwnedWriteHalf) -> io::Result<u64> {
     let mut copied = 0u64;
-    let mut chunk = unread;
+    // Being written to the target (a frame as h2 gave it, no copy)...
+    let mut current = unread;
+    // ...and what came meanwhile.
+    let mut backlog = BytesMut::new();
+    let mut ended = false;
     loop {
-        if !chunk.is_empty() {
-            // On failure the stream is dropped: h2 discards what still comes.
-            tcp.write_all(&chunk).await?;
-            let _ = recv.flow_control().release_capacity(chunk.len());
-            copied += chunk.len() as u64;
+        if current.is_empty() {
+            if !backlog.is_empty() {
+                current = backlog.split().freeze();
+            } else if ended {
+                break;
+            } else {
+                match recv.data().await {
+                    Some(data) => current = data.map_err(to_io)?,
+                    None => ended = true,
+                }
+                continue;
+            }
         }
-        chunk = match recv.data().await {
-            Some(data) => data.map_err(to_io)?,
-            None => break,
-        };
+        tokio::select! {
+            written = tcp.write(&current) => {
+                let n = match written {
+                    Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                    other => other,
+                };
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Nothing more goes to the target: its window is
+                        // the connection's again.
+                        let _ = recv.flow_control().release_capacity(current.len() + backlog.len());
+                        return Err(e);
+                    }
+                };
+                let _ = recv.flow_control().release_capacity(n);
+                current.advance(n);
+                copied += n as u64;
+            }
+            data = recv.data(), if !ended => match data {
+                Some(data) => backlog.extend_from_slice(&data.map_err(to_io)?),
+                None => ended = true,
+            },
+        }
     }
     tcp.shutdown().await?;
     Ok(copied)

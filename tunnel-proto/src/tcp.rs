@@ -45,10 +45,18 @@ use crate::tunnel::Tunnel;
 /// Streams the relay holds accepted but not yet taken: as many as may be
 /// open, so a gateway within the limit is never refused (more are).
 const ACCEPT_BACKLOG: usize = MAX_STREAMS_PER_SESSION as usize;
-/// Most stream resets a peer may cause before the connection is closed
-/// (h2's guard against rapid-reset floods), and how many recently reset
-/// streams are remembered.
-const MAX_RESETS: usize = 1024;
+/// Recently reset streams remembered (so late DATA for them is ignored, not
+/// answered with a reset of its own), and for how long: a stream the
+/// gateway gives up on may still have a window's worth of DATA on the way.
+const REMEMBERED_RESETS: usize = 2 * MAX_STREAMS_PER_SESSION as usize;
+const RESET_MEMORY: Duration = Duration::from_secs(30);
+/// Streams the peer may reset before we accept them (h2's rapid-reset
+/// guard; the relay accepts at once, so few ever wait).
+const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
+/// Bytes h2 holds queued per stream beyond what the peer's window lets
+/// out; writers wait for window first, so this is only a backstop against
+/// a peer that grants huge windows and then stops reading.
+const MAX_SEND_BUFFER: usize = 64 * 1024;
 /// Largest header block accepted: stream headers here are a few bytes.
 const MAX_HEADER_LIST: u32 = 4 * 1024;
 
@@ -56,8 +64,8 @@ const MAX_HEADER_LIST: u32 = 4 * 1024;
 /// wait (callers bound the wait) instead of queueing inside h2.
 pub const OPEN_PERMITS: usize = MAX_STREAMS_PER_SESSION as usize;
 
-/// How long a dropped stream is held so that what was written to it still
-/// goes out (see [`H2Stream`]'s `Drop`).
+/// How long a stream dropped right after a write is held so that what was
+/// written still goes out (see [`H2Stream`]'s `Drop`).
 const LINGER: Duration = Duration::from_secs(1);
 
 /// One tunnel stream: an h2 stream carrying raw bytes.
@@ -67,7 +75,9 @@ pub(crate) struct H2Stream {
     recv: Recv,
     /// The rest of the last DATA frame, not yet read.
     unread: Bytes,
-    _permit: Option<OwnedSemaphorePermit>,
+    /// Whether the last thing done was a write (decides what a drop does).
+    wrote_last: bool,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 enum Recv {
@@ -84,7 +94,8 @@ impl H2Stream {
             send: Some(send),
             recv: Recv::Open(recv),
             unread: Bytes::new(),
-            _permit: None,
+            wrote_last: false,
+            permit: None,
         }
     }
 
@@ -116,18 +127,26 @@ impl H2Stream {
     }
 }
 
-/// Dropping a stream finishes it, as on QUIC: what was written still
-/// arrives, then the end of stream. h2 resets a stream dropped while the
-/// peer's side is open, and a reset discards what is still queued, so the
-/// sending half is held for [`LINGER`] (or until the peer resets it)
-/// first. What the peer still sends is discarded meanwhile.
+/// Dropping a stream ends it as on QUIC. h2 resets a stream dropped while
+/// the peer's side is open, which stops the peer at once (QUIC's
+/// `STOP_SENDING`): right for a stream given up on while reading (an
+/// abandoned response, an idle pooled connection). But a reset also
+/// discards what is still queued, so a stream dropped right after a write
+/// (a `Reject` on the control stream) first ends its side and is held for
+/// [`LINGER`], or until the peer resets it, so the write still arrives.
 impl Drop for H2Stream {
     fn drop(&mut self) {
         let Some(mut send) = self.send.take() else { return };
+        if !self.wrote_last {
+            return;
+        }
         let _ = send.send_data(Bytes::new(), true);
+        // The permit goes with the stream: h2 counts it until it is done.
+        let permit = self.permit.take();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = tokio::time::timeout(LINGER, poll_fn(|cx| send.poll_reset(cx))).await;
+                drop(permit);
             });
         }
     }
@@ -153,9 +172,13 @@ impl AsyncRead for H2Stream {
             match ready!(recv.poll_data(cx)) {
                 Some(Ok(data)) => this.unread = data,
                 Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => return Poll::Ready(Ok(())),
+                None => {
+                    this.wrote_last = false;
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
+        this.wrote_last = false;
         let n = this.unread.len().min(buf.remaining());
         buf.put_slice(&this.unread[..n]);
         this.unread.advance(n);
@@ -173,7 +196,9 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let send = self.get_mut().send()?;
+        let this = self.get_mut();
+        this.wrote_last = true;
+        let send = this.send()?;
         // Capacity is asked for only with bytes in hand, so an idle stream
         // holds none of the connection's window.
         send.reserve_capacity(buf.len());
@@ -195,7 +220,9 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let send = self.get_mut().send()?;
+        let this = self.get_mut();
+        this.wrote_last = true;
+        let send = this.send()?;
         // Ending twice (or after a reset) is not an error for a shutdown.
         let _ = send.send_data(Bytes::new(), true);
         send.reserve_capacity(0);
@@ -269,7 +296,7 @@ impl H2Tunnel {
                         .map_err(|_| self.closed_error())?
                 };
                 let mut stream = open(opener.clone()).await.map_err(|e| self.h2_error(e))?;
-                stream._permit = Some(permit);
+                stream.permit = Some(permit);
                 Ok(stream)
             }
             Role::Relay { control_taken, .. } => {
@@ -361,7 +388,8 @@ async fn open(opener: h2::client::SendRequest<Bytes>) -> Result<H2Stream, h2::Er
         send: Some(send),
         recv: Recv::Waiting(response),
         unread: Bytes::new(),
-        _permit: None,
+        wrote_last: false,
+        permit: None,
     })
 }
 
@@ -373,15 +401,29 @@ macro_rules! configure {
             .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW)
             .max_frame_size(TCP_MAX_FRAME)
             .max_header_list_size(MAX_HEADER_LIST)
-            .max_concurrent_reset_streams(MAX_RESETS)
-            .max_pending_accept_reset_streams(MAX_RESETS)
-            .max_local_error_reset_streams(Some(MAX_RESETS))
+            .max_send_buffer_size(MAX_SEND_BUFFER)
+            .max_concurrent_reset_streams(REMEMBERED_RESETS)
+            .reset_stream_duration(RESET_MEMORY)
+            .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+            // Resets h2 sends itself (late DATA for a forgotten stream)
+            // are not a peer's abuse here: the peer is authenticated (or,
+            // before that, can touch only the control stream), and a slow
+            // link makes them ordinary. Capped per connection's lifetime,
+            // they would close a long-lived tunnel.
+            .max_local_error_reset_streams(None)
     };
 }
 
-/// Runs `conn` (the connection's I/O) until it ends or `stop` fires, then
-/// publishes why it ended.
-fn spawn_connection<F>(conn: F, stop: CancellationToken, closed: watch::Sender<Option<String>>)
+/// What the connection task needs to end a tunnel.
+struct Ending {
+    stop: CancellationToken,
+    closed: watch::Sender<Option<String>>,
+    permits: Arc<Semaphore>,
+}
+
+/// Runs `conn` (the connection's I/O) until it ends or the tunnel is
+/// closed, then publishes why and fails every open waiting for a permit.
+fn spawn_connection<F>(conn: F, ending: Ending)
 where
     F: Future<Output = Result<(), h2::Error>> + Send + 'static,
 {
@@ -391,30 +433,33 @@ where
                 Ok(()) => "peer closed the connection".to_owned(),
                 Err(e) => format!("h2: {e}"),
             },
-            _ = stop.cancelled() => "closed locally".to_owned(),
+            _ = ending.stop.cancelled() => "closed locally".to_owned(),
         };
         // Dropping the connection closes the socket.
-        let _ = closed.send(Some(reason));
+        let _ = ending.closed.send(Some(reason));
+        ending.permits.close();
     });
 }
 
-fn tunnel(
-    role: Role,
-    remote: SocketAddr,
-    exporter: Exporter,
-) -> (Tunnel, CancellationToken, watch::Sender<Option<String>>) {
+fn tunnel(role: Role, remote: SocketAddr, exporter: Exporter) -> (Tunnel, Ending) {
     let (closed_tx, closed_rx) = watch::channel(None);
     let close = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(OPEN_PERMITS));
     let t = Tunnel::from_tcp(Arc::new(H2Tunnel {
         role,
         close: close.clone(),
         closed: closed_rx,
         remote,
         exporter,
-        permits: Arc::new(Semaphore::new(OPEN_PERMITS)),
+        permits: permits.clone(),
         waiting: AtomicUsize::new(0),
     }));
-    (t, close, closed_tx)
+    let ending = Ending {
+        stop: close,
+        closed: closed_tx,
+        permits,
+    };
+    (t, ending)
 }
 
 fn exporter_of<C>(conn: &rustls::ConnectionCommon<C>) -> Result<Exporter> {
@@ -456,8 +501,8 @@ where
         opener,
         control: std::sync::Mutex::new(Some(control)),
     };
-    let (t, close, closed) = tunnel(role, remote, exporter);
-    spawn_connection(conn, close, closed);
+    let (t, ending) = tunnel(role, remote, exporter);
+    spawn_connection(conn, ending);
     Ok(t)
 }
 
@@ -519,7 +564,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut conn = configure!(h2::server::Builder::new())
-        .max_concurrent_streams(MAX_STREAMS_PER_SESSION)
+        // The gateway's opens, plus the control stream it opens unpermitted.
+        .max_concurrent_streams(MAX_STREAMS_PER_SESSION + 1)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| Error::Io(to_io(e)))?;
@@ -528,7 +574,7 @@ where
         inbound: Mutex::new(inbound_rx),
         control_taken: AtomicBool::new(false),
     };
-    let (t, close, closed) = tunnel(role, remote, exporter);
+    let (t, ending) = tunnel(role, remote, exporter);
     // The server's I/O happens while it is polled for new streams.
     let accepting = async move {
         while let Some(next) = conn.accept().await {
@@ -546,7 +592,7 @@ where
         }
         Ok(())
     };
-    spawn_connection(accepting, close, closed);
+    spawn_connection(accepting, ending);
     Ok(t)
 }
 
@@ -661,10 +707,11 @@ mod tests {
         drop(opened);
     }
 
-    /// A stream the gateway drops mid-answer is reset: the relay's writes
-    /// fail instead of waiting for window forever.
+    /// A stream the gateway gives up on while reading (a client gone
+    /// mid-answer) is reset at once: the relay's writes fail promptly, as
+    /// on QUIC with `STOP_SENDING`.
     #[tokio::test]
-    async fn a_dropped_stream_is_reset_at_the_other_end() {
+    async fn a_stream_dropped_while_reading_stops_the_other_end_at_once() {
         let (gateway, relay) = pair().await;
         let _ctrl = relay.open_stream().await.expect("control");
         let mut s = gateway.open_stream().await.expect("open");
@@ -672,7 +719,11 @@ mod tests {
         let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
         let mut request = [0u8; 1];
         r.read_exact(&mut request).await.unwrap();
+        r.write_all(b"part of an answer").await.unwrap();
+        let mut part = [0u8; 4];
+        s.read_exact(&mut part).await.unwrap();
         drop(s);
+        let started = tokio::time::Instant::now();
         let chunk = vec![0u8; 64 * 1024];
         let failed = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -683,5 +734,76 @@ mod tests {
         })
         .await;
         assert!(failed.is_ok(), "writes to a dropped stream must fail");
+        assert!(
+            started.elapsed() < LINGER / 2,
+            "the relay went on for {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// What is written just before a drop still arrives, then the end of
+    /// the stream: a gateway's `Reject` reaches the relay.
+    #[tokio::test]
+    async fn a_write_right_before_a_drop_still_arrives() {
+        let (gateway, relay) = pair().await;
+        let mut relay_ctrl = relay.open_stream().await.expect("control");
+        let mut gateway_ctrl = gateway.accept_stream().await.expect("accept").expect("control");
+        relay_ctrl.write_all(b"hello").await.unwrap();
+        let mut hello = [0u8; 5];
+        gateway_ctrl.read_exact(&mut hello).await.unwrap();
+        gateway_ctrl.write_all(b"rejected").await.unwrap();
+        drop(gateway_ctrl);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), relay_ctrl.read_to_end(&mut got))
+            .await
+            .expect("in time")
+            .expect("a clean end");
+        assert_eq!(got, b"rejected");
+    }
+
+    /// A client trickles an upload one byte at a time to a target that does
+    /// not read: every byte is its own DATA frame. The relay takes frames
+    /// from h2 as they come (h2 closes a connection that leaves tens of
+    /// thousands of tiny frames unread), so the tunnel stays up.
+    #[tokio::test]
+    async fn a_trickled_upload_to_a_target_that_does_not_read_keeps_the_tunnel() {
+        let (gateway, relay) = pair().await;
+        let _ctrl = relay.open_stream().await.expect("control");
+        // A target that accepts and never reads, behind small socket buffers.
+        let listener = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        listener.listen(8).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = tokio::net::TcpListener::from_std(listener.into()).unwrap();
+        let target = listener.local_addr().unwrap();
+        let held = tokio::spawn(async move { listener.accept().await.map(|(tcp, _)| tcp) });
+        let relay_side = relay.clone();
+        let splice = tokio::spawn(async move {
+            let stream = relay_side.accept_stream().await.expect("accept").expect("a stream");
+            let tcp = tokio::net::TcpStream::connect(target).await.unwrap();
+            socket2::SockRef::from(&tcp).set_send_buffer_size(4096).unwrap();
+            crate::splice::splice_tcp(stream, tcp).await
+        });
+        let mut s = gateway.open_stream().await.expect("open");
+        // Well past h2's tiny-frame allowance (about 33 000 one-byte
+        // frames), well within the stream's window; each byte arrives on
+        // its own, as from a client over the network.
+        for i in 0..100_000 {
+            if let Err(e) = s.write_all(b"x").await {
+                panic!("write {i}: {e}; tunnel: {}", relay.closed().await);
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!gateway.is_closed() && !relay.is_closed(), "the tunnel was closed");
+        // Another stream still works.
+        let mut other = gateway.open_stream().await.expect("open");
+        other.write_all(b"?").await.unwrap();
+        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
+        let mut got = [0u8; 1];
+        r.read_exact(&mut got).await.unwrap();
+        splice.abort();
+        held.abort();
     }
 }

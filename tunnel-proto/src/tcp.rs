@@ -57,6 +57,13 @@ const MAX_PENDING_ACCEPT_RESETS: usize = 1024;
 /// out; writers wait for window first, so this is only a backstop against
 /// a peer that grants huge windows and then stops reading.
 const MAX_SEND_BUFFER: usize = 64 * 1024;
+/// h2's allowance for the overhead of small DATA frames held unread (each
+/// frame under 256 bytes costs 256 minus its length, about the memory h2
+/// keeps per frame); past it h2 closes the connection. Twice the
+/// connection window: one stalled stream can use it up only with frames
+/// under 8 bytes, a whole window of stalled streams with frames under 85.
+/// (The relay takes frames as they come, so uploads never pile up there.)
+const DATA_FRAME_BUDGET: usize = 2 * CONNECTION_RECEIVE_WINDOW as usize;
 /// Largest header block accepted: stream headers here are a few bytes.
 const MAX_HEADER_LIST: u32 = 4 * 1024;
 
@@ -402,6 +409,7 @@ macro_rules! configure {
             .max_frame_size(TCP_MAX_FRAME)
             .max_header_list_size(MAX_HEADER_LIST)
             .max_send_buffer_size(MAX_SEND_BUFFER)
+            .data_frame_budget(DATA_FRAME_BUDGET)
             .max_concurrent_reset_streams(REMEMBERED_RESETS)
             .reset_stream_duration(RESET_MEMORY)
             .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
@@ -805,5 +813,31 @@ mod tests {
         r.read_exact(&mut got).await.unwrap();
         splice.abort();
         held.abort();
+    }
+
+    /// A client stops reading a stream whose target keeps sending small
+    /// messages: the unread frames stay with h2 up to the stream's window,
+    /// and the tunnel stays up (with h2's default allowance it closed).
+    #[tokio::test]
+    async fn small_answers_nobody_reads_keep_the_tunnel() {
+        let (gateway, relay) = pair().await;
+        let _ctrl = relay.open_stream().await.expect("control");
+        let mut s = gateway.open_stream().await.expect("open");
+        s.write_all(b"?").await.unwrap();
+        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
+        let mut request = [0u8; 1];
+        r.read_exact(&mut request).await.unwrap();
+        // 60 000 messages of 16 bytes: 940 KiB, within the stream window.
+        for i in 0..60_000 {
+            if let Err(e) = r.write_all(&[b'm'; 16]).await {
+                panic!("message {i}: {e}; tunnel: {}", gateway.closed().await);
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!gateway.is_closed() && !relay.is_closed(), "the tunnel was closed");
+        let mut got = vec![0u8; 16];
+        s.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [b'm'; 16]);
     }
 }

@@ -546,6 +546,7 @@ async fn forward(
             });
         }
     };
+    let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut()).is_some();
     // The relay answered for itself: the target was not reached (a route it
     // no longer has, a target that refused), so another relay may take it.
     if let Some(kind) = refusal_kind(&resp) {
@@ -558,7 +559,6 @@ async fn forward(
             answer: Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
         });
     }
-    let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut()).is_some();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade.take(), upgraded) {
             (Some(client), true) => {

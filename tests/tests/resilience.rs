@@ -560,7 +560,7 @@ async fn hundreds_of_concurrent_requests_share_one_tcp_tunnel() {
     }
     let took = started.elapsed();
     assert!(
-        took < Duration::from_secs(4),
+        took < Duration::from_secs(5),
         "400 concurrent 1 s requests took {took:?}"
     );
     assert_eq!(

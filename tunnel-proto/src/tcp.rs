@@ -306,13 +306,13 @@ impl H2Tunnel {
                 stream.permit = Some(permit);
                 Ok(stream)
             }
-            Role::Relay { control_taken, .. } => {
+            Role::Relay { inbound, control_taken } => {
                 if control_taken.swap(true, Ordering::AcqRel) {
                     return Err(Error::Closed(
                         "a relay opens only its control stream on a TCP tunnel".into(),
                     ));
                 }
-                self.next_inbound().await.ok_or_else(|| self.closed_error())
+                inbound.lock().await.recv().await.ok_or_else(|| self.closed_error())
             }
         }
     }
@@ -328,14 +328,7 @@ impl H2Tunnel {
                 self.closed().await;
                 None
             }
-            Role::Relay { .. } => self.next_inbound().await,
-        }
-    }
-
-    async fn next_inbound(&self) -> Option<H2Stream> {
-        match &self.role {
             Role::Relay { inbound, .. } => inbound.lock().await.recv().await,
-            Role::Gateway { .. } => None,
         }
     }
 
@@ -611,12 +604,25 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::tunnel::TunnelStream;
 
     async fn pair() -> (Tunnel, Tunnel) {
         let (a, b) = tokio::io::duplex(64 * 1024);
         let addr: SocketAddr = "127.0.0.1:9".parse().expect("literal");
         let (gateway, relay) = tokio::join!(gateway_side(a, addr, [0; 32]), relay_side(b, addr, [0; 32]));
         (gateway.expect("gateway side"), relay.expect("relay side"))
+    }
+
+    /// A data stream with a one-byte request through it: the gateway's end
+    /// and the relay's (the relay's control stream taken first).
+    async fn requested(gateway: &Tunnel, relay: &Tunnel) -> (TunnelStream, TunnelStream, TunnelStream) {
+        let ctrl = relay.open_stream().await.expect("control");
+        let mut s = gateway.open_stream().await.expect("open");
+        s.write_all(b"?").await.unwrap();
+        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
+        let mut request = [0u8; 1];
+        r.read_exact(&mut request).await.unwrap();
+        (ctrl, s, r)
     }
 
     #[tokio::test]
@@ -721,12 +727,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_dropped_while_reading_stops_the_other_end_at_once() {
         let (gateway, relay) = pair().await;
-        let _ctrl = relay.open_stream().await.expect("control");
-        let mut s = gateway.open_stream().await.expect("open");
-        s.write_all(b"?").await.unwrap();
-        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
-        let mut request = [0u8; 1];
-        r.read_exact(&mut request).await.unwrap();
+        let (_ctrl, mut s, mut r) = requested(&gateway, &relay).await;
         r.write_all(b"part of an answer").await.unwrap();
         let mut part = [0u8; 4];
         s.read_exact(&mut part).await.unwrap();
@@ -821,12 +822,7 @@ mod tests {
     #[tokio::test]
     async fn small_answers_nobody_reads_keep_the_tunnel() {
         let (gateway, relay) = pair().await;
-        let _ctrl = relay.open_stream().await.expect("control");
-        let mut s = gateway.open_stream().await.expect("open");
-        s.write_all(b"?").await.unwrap();
-        let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
-        let mut request = [0u8; 1];
-        r.read_exact(&mut request).await.unwrap();
+        let (_ctrl, mut s, mut r) = requested(&gateway, &relay).await;
         // 60 000 messages of 16 bytes: 940 KiB, within the stream window.
         for i in 0..60_000 {
             if let Err(e) = r.write_all(&[b'm'; 16]).await {

@@ -772,8 +772,8 @@ mod tests {
 
     /// A client trickles an upload one byte at a time to a target that does
     /// not read: every byte is its own DATA frame. The relay takes frames
-    /// from h2 as they come (h2 closes a connection that leaves tens of
-    /// thousands of tiny frames unread), so the tunnel stays up.
+    /// from h2 as they come (h2 closes a connection that leaves too many
+    /// small frames unread), so the tunnel stays up.
     #[tokio::test]
     async fn a_trickled_upload_to_a_target_that_does_not_read_keeps_the_tunnel() {
         let (gateway, relay) = pair().await;
@@ -795,23 +795,24 @@ mod tests {
             crate::splice::splice_tcp(stream, tcp).await
         });
         let mut s = gateway.open_stream().await.expect("open");
-        // Well past h2's tiny-frame allowance (about 33 000 one-byte
-        // frames), well within the stream's window; each byte arrives on
-        // its own, as from a client over the network.
-        for i in 0..100_000 {
+        // Well past h2's allowance for unread small frames (about 130 000
+        // one-byte frames, see `DATA_FRAME_BUDGET`), within the stream's
+        // window; each byte arrives on its own, as from a client over the
+        // network.
+        for i in 0..200_000 {
             if let Err(e) = s.write_all(b"x").await {
                 panic!("write {i}: {e}; tunnel: {}", relay.closed().await);
             }
             tokio::task::yield_now().await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!gateway.is_closed() && !relay.is_closed(), "the tunnel was closed");
-        // Another stream still works.
+        // Another stream still works: the relay took it after every frame
+        // before it, in order.
         let mut other = gateway.open_stream().await.expect("open");
         other.write_all(b"?").await.unwrap();
         let mut r = relay.accept_stream().await.expect("accept").expect("a stream");
         let mut got = [0u8; 1];
         r.read_exact(&mut got).await.unwrap();
+        assert!(!gateway.is_closed() && !relay.is_closed(), "the tunnel was closed");
         splice.abort();
         held.abort();
     }
@@ -822,7 +823,8 @@ mod tests {
     #[tokio::test]
     async fn small_answers_nobody_reads_keep_the_tunnel() {
         let (gateway, relay) = pair().await;
-        let (_ctrl, mut s, mut r) = requested(&gateway, &relay).await;
+        let (mut relay_ctrl, mut s, mut r) = requested(&gateway, &relay).await;
+        let mut gateway_ctrl = gateway.accept_stream().await.expect("accept").expect("control");
         // 60 000 messages of 16 bytes: 940 KiB, within the stream window.
         for i in 0..60_000 {
             if let Err(e) = r.write_all(&[b'm'; 16]).await {
@@ -830,7 +832,11 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A control frame after them all: the gateway has taken every
+        // message frame before it, in order.
+        relay_ctrl.write_all(b"!").await.unwrap();
+        let mut mark = [0u8; 1];
+        gateway_ctrl.read_exact(&mut mark).await.unwrap();
         assert!(!gateway.is_closed() && !relay.is_closed(), "the tunnel was closed");
         let mut got = vec![0u8; 16];
         s.read_exact(&mut got).await.unwrap();

@@ -166,16 +166,12 @@ async fn h2_to_tcp(mut recv: RecvStream, unread: Bytes, mut tcp: OwnedWriteHalf)
         tokio::select! {
             written = tcp.write(&current) => {
                 let n = match written {
-                    Ok(0) => Err(io::ErrorKind::WriteZero.into()),
-                    other => other,
-                };
-                let n = match n {
-                    Ok(n) => n,
-                    Err(e) => {
+                    Ok(n) if n > 0 => n,
+                    failed => {
                         // Nothing more goes to the target: its window is
                         // the connection's again.
                         let _ = recv.flow_control().release_capacity(current.len() + backlog.len());
-                        return Err(e);
+                        return Err(failed.err().unwrap_or_else(|| io::ErrorKind::WriteZero.into()));
                     }
                 };
                 let _ = recv.flow_control().release_capacity(n);

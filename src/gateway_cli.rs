@@ -263,9 +263,8 @@ pub fn keygen_user(out: &Path, kind: KeyKind) -> Result<()> {
     Ok(())
 }
 
-/// Longest lifetime `routehub token` mints. A token cannot be revoked
-/// short of removing its key, so a leaked one must not stay good for long.
-pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
+/// Longest lifetime `routehub token` mints: what the gateway accepts.
+pub use gateway::access::jws::MAX_TOKEN_TTL_SECS;
 
 /// `1h`, `30m`, `45s`, `7d` or plain seconds; at most
 /// [`MAX_TOKEN_TTL_SECS`].

@@ -36,6 +36,11 @@ pub struct GatewayConfig {
     pub max_connections: usize,
     /// Most relay tunnels (QUIC or TCP, authenticated or not yet) at once.
     pub max_relay_tunnels: usize,
+    /// Largest request head forwarded, in bytes as HTTP/1.1 (names, values
+    /// and framing, after HPACK decoding for h2); larger ones get 431.
+    pub max_request_header_bytes: usize,
+    /// Most request header fields forwarded; more get 431.
+    pub max_request_header_fields: usize,
     /// Plain HTTP: ACME HTTP-01 answers, everything else redirected to
     /// https. `"auto"` (the default), `"off"` or an address; see
     /// [`GatewayConfig::http_addr`].
@@ -203,6 +208,8 @@ impl Default for GatewayConfig {
             drain_timeout_secs: 10,
             max_connections: 50_000,
             max_relay_tunnels: 20_000,
+            max_request_header_bytes: crate::headers::DEFAULT_MAX_REQUEST_HEADER_BYTES,
+            max_request_header_fields: crate::headers::DEFAULT_MAX_REQUEST_HEADER_FIELDS,
             http_listen: HttpListen::Auto,
             acme: None,
             clock: certs::Clock::system(),
@@ -241,6 +248,14 @@ impl GatewayConfig {
         }
         if self.max_connections == 0 {
             return Err(bad("max_connections must be positive".into()));
+        }
+        // hyper's HTTP/1 reader needs 8 KiB of buffer at least; a head
+        // over 1 MiB is no request.
+        if !(8192..=1024 * 1024).contains(&self.max_request_header_bytes) {
+            return Err(bad("max_request_header_bytes must be within 8192..=1048576".into()));
+        }
+        if !(16..=10_000).contains(&self.max_request_header_fields) {
+            return Err(bad("max_request_header_fields must be within 16..=10000".into()));
         }
         if self.response_timeout_secs == 0 {
             return Err(bad("response_timeout_secs must be positive".into()));

@@ -31,6 +31,10 @@ pub enum Error {
     // Per request. Blame: the client.
     #[error("the request has no valid Host")]
     MissingHost,
+    #[error("{0}")]
+    BadPath(String),
+    #[error("request headers over the limit: {0}")]
+    HeadersTooLarge(String),
     #[error("no site is served at {0}")]
     UnknownHost(String),
     #[error("no route for {host}{path}")]
@@ -56,7 +60,8 @@ impl Error {
     /// HTTP status for a request that failed with this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            Error::MissingHost => StatusCode::BAD_REQUEST,
+            Error::MissingHost | Error::BadPath(_) => StatusCode::BAD_REQUEST,
+            Error::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Error::UnknownHost(_) | Error::NoRoute { .. } => StatusCode::NOT_FOUND,
             Error::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
@@ -72,6 +77,8 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Error::MissingHost => "missing_host",
+            Error::BadPath(_) => "bad_path",
+            Error::HeadersTooLarge(_) => "headers_too_large",
             Error::UnknownHost(_) => "unknown_host",
             Error::NoRoute { .. } => "no_route",
             Error::Misdirected { .. } => "misdirected",

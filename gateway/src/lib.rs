@@ -11,6 +11,7 @@ pub mod admin;
 pub mod authorized_keys;
 pub mod config;
 pub mod error;
+pub mod headers;
 mod http_listener;
 mod listener;
 pub mod metrics;

@@ -20,6 +20,7 @@ use tunnel_proto::Tunnel;
 use tunnel_proto::limits::HANDSHAKE_TIMEOUT;
 use tunnel_proto::limits::{ALPN, MAX_HTTP_HEAD};
 
+use crate::headers::HeadBudget;
 use crate::proxy::{self, ConnInfo};
 use crate::{State, session};
 
@@ -53,16 +54,23 @@ pub(crate) fn https_tls(
     Ok(cfg)
 }
 
-pub(crate) fn http_builder() -> auto::Builder<TokioExecutor> {
+/// The end-user HTTP server. Request heads are bounded by the config's
+/// limits already while they are read (h1: buffer and field count; h2: the
+/// decoded header list, as HPACK counts it, with 32 bytes per field);
+/// [`crate::proxy`] checks the exact forwarded size.
+pub(crate) fn http_builder(config: &crate::GatewayConfig) -> auto::Builder<TokioExecutor> {
+    let (max_bytes, max_fields) = (config.max_request_header_bytes, config.max_request_header_fields);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HTTP_HEAD);
+        .max_buf_size(max_bytes.max(MAX_HTTP_HEAD))
+        .max_headers(max_fields);
+    let h2_list = max_bytes.saturating_add(32 * max_fields);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_H2_STREAMS)
-        .max_header_list_size(MAX_HTTP_HEAD as u32)
+        .max_header_list_size(u32::try_from(h2_list).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(20)))
         .keep_alive_timeout(Duration::from_secs(20));
     b
@@ -202,23 +210,92 @@ async fn handle_tcp(
         .1
         .peer_certificates()
         .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect::<Vec<_>>()));
+    let budget = Arc::new(HeadBudget::default());
     let info = Arc::new(ConnInfo {
         peer,
         sni,
         client_chain,
+        budget: budget.clone(),
     });
     let shutdown = state.shutdown.clone();
+    let builder = http_builder(&state.config);
     let service = service_fn(move |req| proxy::handle(state.clone(), info.clone(), req));
-    let builder = http_builder();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let io = CountingIo {
+        inner: tls,
+        budget: budget.clone(),
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
+    // At shutdown, or when its heads decode to far more than it sent
+    // (HPACK amplification; every later request of it is refused):
+    // finish the requests in flight, take no new ones.
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = shutdown.cancelled() => {
-            // Finish the requests in flight, take no new ones.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = budget.exceeded.cancelled() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
     result.map(|()| None).map_err(std::io::Error::other)
+}
+
+/// A client connection's stream that counts the bytes read from it (for
+/// [`HeadBudget`]).
+struct CountingIo<S> {
+    inner: S,
+    budget: Arc<HeadBudget>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountingIo<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.budget.wire.fetch_add(read, std::sync::atomic::Ordering::Relaxed);
+        polled
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingIo<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

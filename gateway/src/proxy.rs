@@ -7,54 +7,32 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::body::Incoming;
 use tokio::time::timeout;
 use tracing::Instrument;
+use tunnel_proto::http::{Refusal, X_ROUTEHUB_ERROR};
 use tunnel_proto::limits::{STREAM_OPEN_TIMEOUT, dead_after};
 use tunnel_proto::names::host_of_authority;
+use tunnel_proto::path::RequestPath;
 
 use crate::State;
 use crate::access::policy::{self, AccessRequest, Denial, Identity};
 use crate::error::Error;
+use crate::headers::{
+    self, HeadBudget, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_ROUTEHUB_ROLES,
+    X_ROUTEHUB_TRANSPORT, X_ROUTEHUB_USER,
+};
 use crate::metrics::{AuthLabel, CodeLabel, OutcomeLabel};
 use crate::pool::{self, TunnelBody, TunnelConn};
-use crate::registry::{Lookup, Session, StreamGuard};
+use crate::registry::{Lookup, Routed, Session, StreamGuard};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of every response the gateway sends.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-/// Client-address and forwarding headers backends may trust: never taken
-/// from the client. (The gateway sets X-Forwarded-For/-Proto/-Host and
-/// X-Real-IP itself.)
-const SPOOFABLE: [&str; 10] = [
-    "forwarded",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-forwarded-server",
-    "x-forwarded-ssl",
-    "x-original-forwarded-for",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-client-ip",
-    "x-cluster-client-ip",
-];
-const X_ROUTEHUB_ERROR: HeaderName = HeaderName::from_static("x-routehub-error");
-/// Who the gateway authenticated, for the local service.
-pub const X_ROUTEHUB_USER: HeaderName = HeaderName::from_static("x-routehub-user");
-pub const X_ROUTEHUB_ROLES: HeaderName = HeaderName::from_static("x-routehub-roles");
-/// Which tunnel transport carried the request, for the local service.
-pub const X_ROUTEHUB_TRANSPORT: HeaderName = HeaderName::from_static("x-routehub-transport");
-/// Headers only the gateway sets: stripped from every client request.
-const GATEWAY_HEADERS: [HeaderName; 3] = [X_ROUTEHUB_USER, X_ROUTEHUB_ROLES, X_ROUTEHUB_TRANSPORT];
 
 /// What the gateway knows about the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -65,6 +43,8 @@ pub struct ConnInfo {
     /// The client's certificate chain, leaf first, if it sent one (only
     /// hosts with mTLS routes ask). Not verified yet: see [`policy`].
     pub client_chain: Option<Arc<Vec<rustls_pki_types::CertificateDer<'static>>>>,
+    /// What this connection sent and what its request heads decoded to.
+    pub(crate) budget: Arc<HeadBudget>,
 }
 
 pub fn full(text: impl Into<Bytes>) -> Body {
@@ -187,19 +167,17 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 
 async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
     let host = request_host(&req).ok_or(Error::MissingHost)?;
-    let path = req.uri().path().to_owned();
+    check_head(state, conn, &req)?;
+    // Routed, policed and forwarded in one form: see `tunnel_proto::path`.
+    let path = RequestPath::parse(req.uri().path()).map_err(|e| Error::BadPath(e.to_string()))?;
     let reconnect_wait = dead_after(state.config.heartbeat());
-    let (mut session, mut route_id, policy) = match state.registry.lookup(&host, &path, None) {
-        Lookup::Found {
-            session,
-            route_id,
-            policy,
-        } => (session, route_id, policy),
+    let mut routed = match state.registry.lookup(&host, &path, None) {
+        Lookup::Found(routed) => routed,
         Lookup::UnknownHost => return Err(Error::UnknownHost(host)),
         Lookup::NoRoute => {
             return Err(Error::NoRoute {
                 host,
-                path: path.chars().take(200).collect(),
+                path: path.as_str().chars().take(200).collect(),
             });
         }
         // Its relay was here moments ago and is probably reconnecting (a
@@ -225,15 +203,22 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
         return Err(Error::Misdirected { host, sni });
     }
     // Nothing is forwarded before the route's policy allows it.
+    let policy = routed.policy.clone();
     let identity = authorize(state, conn, &req, &host, policy.as_deref())?;
     if policy::mode(policy.as_deref()) == tunnel_proto::AuthMode::Jwt {
         policy::strip_token(req.headers_mut());
     }
-    let upgrade = prepare(&mut req, &host, conn);
+    let upgrade = prepare(
+        &mut req,
+        &host,
+        conn,
+        &path.forwarded(&routed.prefix),
+        policy.as_deref(),
+    );
     set_identity(&mut req, identity.as_ref());
-    let replay = Replay::of(&req, upgrade);
+    let replay = Replay::of(&req, upgrade.is_some());
     // Taken once: a request that is retried keeps its client's upgrade.
-    let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut client_upgrade = upgrade.map(|asked| (asked, hyper::upgrade::on(&mut req)));
     let mut req = req.map(Either::Left);
     // A request that can't be replayed takes only a connection that was
     // busy moments ago: the older an idle one, the likelier its target has
@@ -245,6 +230,7 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
     };
     let mut attempt = 0;
     loop {
+        let Routed { session, route_id, .. } = &routed;
         req.headers_mut().insert(
             X_ROUTEHUB_TRANSPORT,
             HeaderValue::from_static(session.tunnel.transport().as_str()),
@@ -252,9 +238,9 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
         let span = tracing::debug_span!("request", %host, session = session.id, route = route_id, attempt);
         let failure = match forward(
             state,
-            &session,
-            route_id,
-            (&host, &path),
+            session,
+            *route_id,
+            (&host, path.as_str()),
             reuse,
             req,
             &mut client_upgrade,
@@ -302,22 +288,39 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
         } else {
             reconnect_wait
         };
-        match next_session(
-            state,
-            &host,
-            &path,
-            Some(session.id),
-            tokio::time::Instant::now() + wait,
-        )
-        .await
-        {
-            // Only to a route with the very policy this request passed.
-            Some((s, r, p)) if p == policy => (session, route_id) = (s, r),
+        let failed = session.id;
+        match next_session(state, &host, &path, Some(failed), tokio::time::Instant::now() + wait).await {
+            // Only to a route with the very policy this request passed,
+            // and the same prefix it was forwarded under.
+            Some(next) if next.policy == policy && next.prefix == routed.prefix => routed = next,
             _ => return give_up(),
         }
-        tracing::debug!(%host, next = session.id, "retrying on another session");
+        tracing::debug!(%host, next = routed.session.id, "retrying on another session");
         req = again;
     }
+}
+
+/// Refuses a request head over the configured bounds (431), and closes a
+/// connection whose heads decode to far more than it sent (HPACK
+/// amplification: see [`headers::HPACK_ALLOWANCE_PER_REQUEST`]).
+fn check_head<B>(state: &State, conn: &ConnInfo, req: &Request<B>) -> Result<(), Error> {
+    let (bytes, fields) = headers::head_size(req.method(), req.uri(), req.headers());
+    if !conn.budget.admit(bytes) {
+        tracing::info!(peer = %conn.peer, "request heads decode to far more than the connection sent: closing it");
+        return Err(Error::HeadersTooLarge(
+            "request heads decode to far more than this connection sent".into(),
+        ));
+    }
+    let (max_bytes, max_fields) = (
+        state.config.max_request_header_bytes,
+        state.config.max_request_header_fields,
+    );
+    if bytes > max_bytes || fields > max_fields {
+        return Err(Error::HeadersTooLarge(format!(
+            "{fields} fields, {bytes} bytes (at most {max_fields} fields, {max_bytes} bytes)"
+        )));
+    }
+    Ok(())
 }
 
 /// Retries per request after a relay session failed under it.
@@ -330,19 +333,14 @@ const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 async fn next_session(
     state: &State,
     host: &str,
-    path: &str,
+    path: &RequestPath,
     failed: Option<u64>,
     deadline: tokio::time::Instant,
-) -> Option<(Arc<Session>, u64, Option<Arc<tunnel_proto::RoutePolicy>>)> {
+) -> Option<Routed> {
     let mut changes = state.registry.subscribe();
     loop {
-        if let Lookup::Found {
-            session,
-            route_id,
-            policy,
-        } = state.registry.lookup(host, path, failed)
-        {
-            return Some((session, route_id, policy));
+        if let Lookup::Found(routed) = state.registry.lookup(host, path, failed) {
+            return Some(routed);
         }
         if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
             return None;
@@ -390,11 +388,22 @@ impl Replay {
     }
 }
 
-/// Rewrites the request for the relay: origin-form URI, HTTP/1.1, `Host`
-/// set, hop-by-hop headers removed, forwarding headers replaced (never
-/// trusted from the client). Returns whether it asks for an upgrade.
-fn prepare(req: &mut Request<Incoming>, host: &str, conn: &ConnInfo) -> bool {
-    let upgrade = tunnel_proto::http::strip_hop_by_hop(req.headers_mut()).is_some();
+/// Rewrites the request for the relay: origin-form URI with the canonical
+/// `path` that was routed and policed, HTTP/1.1, `Host` set, hop-by-hop
+/// headers removed, reserved and forwarding headers replaced (never trusted
+/// from the client), upgrades only to protocols the route allows. Returns
+/// the `Upgrade` protocols it kept, if the request still upgrades.
+fn prepare(
+    req: &mut Request<Incoming>,
+    host: &str,
+    conn: &ConnInfo,
+    path: &str,
+    policy: Option<&tunnel_proto::RoutePolicy>,
+) -> Option<HeaderValue> {
+    let asked = tunnel_proto::http::strip_hop_by_hop(req.headers_mut()).is_some();
+    let upgrade = asked
+        .then(|| headers::allowed_upgrade(req.headers_mut(), policy))
+        .flatten();
     let authority = req
         .uri()
         .authority()
@@ -406,19 +415,18 @@ fn prepare(req: &mut Request<Incoming>, host: &str, conn: &ConnInfo) -> bool {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| host.to_owned());
-    let origin_form = req.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let origin_form = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    // The canonical path and a query `http` already accepted always parse.
     *req.uri_mut() = origin_form.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&authority) {
         h.insert(header::HOST, v);
     }
-    for name in SPOOFABLE {
-        h.remove(name);
-    }
-    for name in &GATEWAY_HEADERS {
-        h.remove(name);
-    }
+    headers::strip_reserved(h);
     if let Ok(v) = HeaderValue::from_str(&conn.peer.ip().to_string()) {
         h.insert(X_FORWARDED_FOR, v.clone());
         h.insert(X_REAL_IP, v);
@@ -487,7 +495,7 @@ async fn forward(
     (host, path): (&str, &str),
     reuse: std::time::Duration,
     mut req: Request<TunnelBody>,
-    client_upgrade: &mut Option<hyper::upgrade::OnUpgrade>,
+    client_upgrade: &mut Option<(HeaderValue, hyper::upgrade::OnUpgrade)>,
 ) -> Result<Response<Body>, Failure> {
     let unavailable = |reason: String| Error::RelayUnavailable {
         host: host.to_owned(),
@@ -546,11 +554,11 @@ async fn forward(
             });
         }
     };
-    let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut()).is_some();
+    let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut());
     // The relay answered for itself: the target was not reached (a route it
     // no longer has, a target that refused), so another relay may take it.
-    if let Some(kind) = refusal_kind(&resp) {
-        let error = unavailable(format!("the relay could not reach the target ({kind})"));
+    if let Some(refusal) = Refusal::of(resp.status(), resp.headers()) {
+        let error = unavailable(format!("the relay could not reach the target ({})", refusal.as_str()));
         return Err(Failure {
             error,
             unsent: None,
@@ -561,7 +569,8 @@ async fn forward(
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         match (client_upgrade.take(), upgraded) {
-            (Some(client), true) => {
+            // Only to a protocol the client asked for and the route allows.
+            (Some((asked, client)), Some(switched)) if headers::upgrade_matches(&asked, Some(&switched)) => {
                 // The connection task hands the stream to the upgrade.
                 conn.reused = false;
                 conn.detach();
@@ -578,7 +587,7 @@ async fn forward(
                 return Ok(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()));
             }
             _ => {
-                let error = unavailable("the relay switched protocols without an upgrade request".into());
+                let error = unavailable("the relay switched to a protocol the request did not ask for".into());
                 return Err(Failure {
                     error,
                     unsent: None,
@@ -600,17 +609,6 @@ async fn forward(
         .map_err(|e| Box::new(e) as BoxError)
         .boxed_unsync()
     }))
-}
-
-/// The relay's `x-routehub-error` on a 502 of its own that proves the
-/// request never reached the target. (A target could send the same; only
-/// safe requests are retried on it, so that at worst asks one again.)
-fn refusal_kind<B>(resp: &Response<B>) -> Option<&str> {
-    if resp.status() != StatusCode::BAD_GATEWAY {
-        return None;
-    }
-    let kind = resp.headers().get(X_ROUTEHUB_ERROR)?.to_str().ok()?;
-    matches!(kind, "route_gone" | "target_unreachable").then_some(kind)
 }
 
 /// A response body from a relay. Counts as in flight until it is done;

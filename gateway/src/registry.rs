@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tunnel_proto::limits::MAX_ROUTES_PER_SESSION;
+use tunnel_proto::path::RequestPath;
 use tunnel_proto::{HostPattern, PublicKey, RoutePolicy, RouteSpec, Tunnel};
 
 use crate::access::Authority;
@@ -159,15 +160,22 @@ impl Session {
     }
 }
 
+/// Where a request goes: a session and the route it serves there.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub session: Arc<Session>,
+    pub route_id: u64,
+    /// The route's access policy (`None`: public).
+    pub policy: Option<Arc<RoutePolicy>>,
+    /// The route's path prefix, as its relay spells it: the request's
+    /// matched segments are forwarded in this spelling.
+    pub prefix: Arc<str>,
+}
+
 /// Result of routing a request.
 #[derive(Debug)]
 pub enum Lookup {
-    Found {
-        session: Arc<Session>,
-        route_id: u64,
-        /// The route's access policy (`None`: public).
-        policy: Option<Arc<RoutePolicy>>,
-    },
+    Found(Routed),
     /// The host has routes, none for this path.
     NoRoute,
     /// The route's target fails its health check.
@@ -230,7 +238,7 @@ fn install(
         let verdict = route.validated().map_err(|e| e.to_string()).and_then(|r| {
             let pattern = HostPattern::parse(&r.host).map_err(|e| e.to_string())?;
             keys.authorize(&session.key, &pattern).map_err(|d| d.message)?;
-            if !seen.insert((r.host.clone(), r.path_prefix.clone())) {
+            if !seen.insert((r.host.clone(), r.path_prefix.to_ascii_lowercase())) {
                 return Err("duplicate host and path prefix".to_owned());
             }
             // Specs come sorted by id: past the limit, the newest routes are
@@ -421,7 +429,7 @@ impl Registry {
     }
 
     /// Routes a request; `exclude` skips a session that just failed.
-    pub fn lookup(&self, host: &str, path: &str, exclude: Option<u64>) -> Lookup {
+    pub fn lookup(&self, host: &str, path: &RequestPath, exclude: Option<u64>) -> Lookup {
         let keys = self.keys.load();
         let Some(owner) = keys.owner(host) else {
             return Lookup::UnknownHost;
@@ -430,11 +438,12 @@ impl Registry {
         let table = self.table.load();
         match table.find(host) {
             Some(hr) => match hr.pick(path, exclude, owned) {
-                Pick::Found(c) => Lookup::Found {
+                Pick::Found(c) => Lookup::Found(Routed {
                     session: c.session.clone(),
                     route_id: c.route_id,
                     policy: c.policy.clone(),
-                },
+                    prefix: c.prefix.clone(),
+                }),
                 Pick::Unhealthy => Lookup::Unhealthy,
                 Pick::NoSession => Lookup::NoRelay,
                 // The owner's relay has no route here (yet): its host, away.
@@ -674,8 +683,8 @@ mod tests {
 
     fn served(registry: &Registry, id: u64) -> bool {
         matches!(
-            registry.lookup(&format!("h{id}.site.test"), "/", None),
-            Lookup::Found { .. }
+            registry.lookup(&format!("h{id}.site.test"), &RequestPath::parse("/").unwrap(), None),
+            Lookup::Found(_)
         )
     }
 

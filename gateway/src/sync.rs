@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use tunnel_proto::limits::{MAX_HOSTNAME_LEN, MAX_ROUTES_PER_SESSION};
-use tunnel_proto::names::MAX_PATH_PREFIX;
+use tunnel_proto::path::MAX_PATH_PREFIX;
 use tunnel_proto::{RouteSpec, RoutesUpdate, UpdateKind};
 
 /// Most routes held for one session: twice what one session may have

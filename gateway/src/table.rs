@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tunnel_proto::names::path_matches;
+use tunnel_proto::path::RequestPath;
 use tunnel_proto::{HostPattern, RoutePolicy, RouteSpec};
 
 use crate::registry::Session;
@@ -24,7 +24,8 @@ const SHARDS: usize = 64;
 
 #[derive(Debug)]
 pub(crate) struct Candidate {
-    pub prefix: String,
+    /// The route's path prefix (normalised), as the relay spells it.
+    pub prefix: Arc<str>,
     pub priority: i32,
     pub route_id: u64,
     pub policy: Option<Arc<RoutePolicy>>,
@@ -57,19 +58,15 @@ impl HostRoutes {
     /// Only sessions of `owner` (the key that owns the request's hostname)
     /// are candidates: a wildcard route never catches a name another key
     /// owns, even while that key's relay is away.
-    pub fn pick(&self, path: &str, exclude: Option<u64>, owned: impl Fn(&Candidate) -> bool) -> Pick<'_> {
-        let Some(first) = self
-            .candidates
-            .iter()
-            .position(|c| owned(c) && path_matches(&c.prefix, path))
-        else {
+    pub fn pick(&self, path: &RequestPath, exclude: Option<u64>, owned: impl Fn(&Candidate) -> bool) -> Pick<'_> {
+        let Some(first) = self.candidates.iter().position(|c| owned(c) && path.matches(&c.prefix)) else {
             return Pick::NoRoute;
         };
         let (prefix, priority) = (&self.candidates[first].prefix, self.candidates[first].priority);
         let same = || {
             self.candidates[first..]
                 .iter()
-                .take_while(|c| &c.prefix == prefix && c.priority == priority)
+                .take_while(|c| c.prefix.eq_ignore_ascii_case(prefix) && c.priority == priority)
                 .filter(|c| owned(c) && c.session.is_usable() && Some(c.session.id) != exclude)
         };
         let healthy = same().filter(|c| c.healthy).count();
@@ -95,7 +92,7 @@ impl HostRoutes {
             let Some(routes) = published.get(pattern) else { continue };
             let unhealthy = session.unhealthy_routes();
             candidates.extend(routes.iter().map(|r| Candidate {
-                prefix: r.path_prefix.clone(),
+                prefix: Arc::from(r.path_prefix.as_str()),
                 priority: r.priority,
                 route_id: r.id,
                 policy: r.policy.clone().map(Arc::new),
@@ -106,11 +103,14 @@ impl HostRoutes {
         if candidates.is_empty() {
             return None;
         }
+        // Prefixes that differ only in case are one prefix (matching
+        // ignores case): sorted together, they form one group.
         candidates.sort_by(|a, b| {
-            (b.prefix.len(), b.priority, &a.prefix, a.session.id).cmp(&(
+            let lower = |c: &Candidate| c.prefix.to_ascii_lowercase();
+            (b.prefix.len(), b.priority, lower(a), a.session.id).cmp(&(
                 a.prefix.len(),
                 a.priority,
-                &b.prefix,
+                lower(b),
                 b.session.id,
             ))
         });

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tunnel_proto::names::normalize_path_prefix;
+use tunnel_proto::path::normalize_path_prefix;
 use tunnel_proto::{HostPattern, RoutePolicy, RouteSpec};
 
 use crate::config::Target;

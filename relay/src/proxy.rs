@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tunnel_proto::http::Refusal;
 use tunnel_proto::limits::STREAM_HEADER_TIMEOUT;
 use tunnel_proto::{Frame, StreamKind, TunnelStream};
 
@@ -76,23 +77,24 @@ pub async fn serve_stream(proxy: Arc<Proxy>, mut stream: TunnelStream) {
     };
     let Some(route) = proxy.routes.get(route_id) else {
         let msg = format!("route {route_id} is no longer configured on this relay");
-        return refuse(stream, "route_gone", &msg).await;
+        return refuse(stream, Refusal::RouteGone, &msg).await;
     };
-    let tcp = match timeout(TARGET_CONNECT_TIMEOUT, connect(&route)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            let msg = format!("route {} -> {} is unreachable: {e}", route.name(), route.target.url);
-            tracing::warn!("{msg}");
-            return refuse(stream, "target_unreachable", &msg).await;
-        }
-        Err(_) => {
+    // The target's address is for the relay's log only: the answer reaches
+    // the public client.
+    let failed = match timeout(TARGET_CONNECT_TIMEOUT, connect(&route)).await {
+        Ok(Ok(tcp)) => Ok(tcp),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no connection within {TARGET_CONNECT_TIMEOUT:?}")),
+    };
+    let tcp = match failed {
+        Ok(tcp) => tcp,
+        Err(why) => {
+            tracing::warn!(route = %route.name(), target = %route.target.url, "target unreachable: {why}");
             let msg = format!(
-                "route {} -> {} did not accept a connection within {TARGET_CONNECT_TIMEOUT:?}",
-                route.name(),
-                route.target.url
+                "route {} is unreachable: its local service did not take the connection",
+                route.name()
             );
-            tracing::warn!("{msg}");
-            return refuse(stream, "target_unreachable", &msg).await;
+            return refuse(stream, Refusal::TargetUnreachable, &msg).await;
         }
     };
     if let Err(e) = tunnel_proto::splice::splice_tcp(stream, tcp).await {
@@ -112,8 +114,8 @@ async fn connect(route: &LocalRoute) -> std::io::Result<TcpStream> {
 }
 
 /// Answers the stream with a 502 of the relay's own, naming the route.
-async fn refuse(mut stream: TunnelStream, kind: &str, message: &str) {
-    let reply = refusal(kind, message);
+async fn refuse(mut stream: TunnelStream, refusal: Refusal, message: &str) {
+    let reply = refusal.response(message);
     let written = async {
         stream.write_all(&reply).await?;
         stream.shutdown().await
@@ -129,41 +131,4 @@ async fn refuse(mut stream: TunnelStream, kind: &str, message: &str) {
         tunnel_proto::splice::discard(&mut stream, REFUSED_DRAIN_LIMIT),
     )
     .await;
-}
-
-/// A complete HTTP/1.1 502 response that closes the connection.
-fn refusal(kind: &str, message: &str) -> Vec<u8> {
-    let body = format!("{message}\n");
-    format!(
-        "HTTP/1.1 502 Bad Gateway\r\n\
-         content-type: text/plain; charset=utf-8\r\n\
-         x-routehub-error: {kind}\r\n\
-         connection: close\r\n\
-         content-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusal_is_one_well_formed_response() {
-        let bytes = refusal(
-            "target_unreachable",
-            "route app.test -> http://127.0.0.1:1 is unreachable",
-        );
-        let text = String::from_utf8(bytes).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{head}");
-        assert!(head.contains("\r\nconnection: close"), "{head}");
-        let len = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length: "))
-            .and_then(|v| v.trim().parse::<usize>().ok());
-        assert_eq!(len, Some(body.len()));
-        assert!(body.contains("app.test"));
-    }
 }

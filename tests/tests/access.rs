@@ -208,6 +208,8 @@ async fn jwt_policy_admits_valid_tokens_and_refuses_every_bad_one() {
     let stranger = UserSigningKey::generate(KeyKind::Ed25519).unwrap();
     let cases = [
         ("expired", token(&w.alice, APP, now() - 120, None)),
+        // Whoever minted it: the gateway caps a token's lifetime.
+        ("good for a year", token(&w.alice, APP, now() + 365 * 86_400, None)),
         ("not yet valid", token(&w.alice, APP, now() + 3600, Some(now() + 600))),
         ("wrong aud", token(&w.alice, OPEN, now() + 3600, None)),
         ("unknown kid", token(&stranger, APP, now() + 3600, None)),

@@ -29,6 +29,8 @@ pub enum Error {
     Rejected { code: RejectCode, message: String },
     #[error("invalid hostname {name:?}: {reason}")]
     InvalidHostname { name: String, reason: &'static str },
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: &'static str },
     #[error("invalid key: {0}")]
     InvalidKey(String),
     #[error("invalid policy: {0}")]

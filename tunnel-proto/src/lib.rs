@@ -13,6 +13,7 @@ pub mod identity;
 pub mod io;
 pub mod limits;
 pub mod names;
+pub mod path;
 pub mod quic;
 pub mod routes;
 pub mod splice;

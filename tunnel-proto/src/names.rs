@@ -1,5 +1,5 @@
-//! Hostnames, `*.suffix` patterns and path prefixes, validated once at the
-//! edge so the rest of the code compares plain lowercase strings.
+//! Hostnames and `*.suffix` patterns, validated once at the edge so the
+//! rest of the code compares plain lowercase strings.
 
 use std::fmt;
 
@@ -125,43 +125,6 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// Longest path prefix a route may have.
-pub const MAX_PATH_PREFIX: usize = 1024;
-
-/// Checks a route path prefix: starts with `/`, no `..`/`.` segments, no
-/// query or fragment, printable ASCII. Trailing slashes are removed (except
-/// for `/` itself) since matching is by segment.
-pub fn normalize_path_prefix(p: &str) -> Result<String> {
-    let bad = |reason| Error::InvalidHostname {
-        name: p.chars().take(80).collect(),
-        reason,
-    };
-    if !p.starts_with('/') {
-        return Err(bad("a path prefix must start with '/'"));
-    }
-    if p.len() > MAX_PATH_PREFIX {
-        return Err(bad("path prefix longer than 1024 bytes"));
-    }
-    if !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains(['?', '#']) {
-        return Err(bad("a path prefix may hold only printable ASCII, without '?' or '#'"));
-    }
-    if p.split('/').any(|seg| seg == ".." || seg == ".") {
-        return Err(bad("a path prefix may not contain '.' or '..' segments"));
-    }
-    let trimmed = p.trim_end_matches('/');
-    Ok(if trimmed.is_empty() {
-        "/".to_owned()
-    } else {
-        trimmed.to_owned()
-    })
-}
-
-/// Whether request `path` falls under `prefix` (normalised), on segment
-/// boundaries.
-pub fn path_matches(prefix: &str, path: &str) -> bool {
-    prefix == "/" || (path.starts_with(prefix) && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/')))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,18 +178,5 @@ mod tests {
         assert!(p("*.a.com").overlaps(&p("*.b.a.com")));
         assert!(!p("*.a.com").overlaps(&p("*.b.com")));
         assert!(!p("x.com").overlaps(&p("y.com")));
-    }
-
-    #[test]
-    fn path_prefixes_match_on_segments() {
-        assert_eq!(normalize_path_prefix("/api/").unwrap(), "/api");
-        assert_eq!(normalize_path_prefix("/").unwrap(), "/");
-        assert!(normalize_path_prefix("api").is_err());
-        assert!(normalize_path_prefix("/a/../b").is_err());
-        assert!(normalize_path_prefix("/a?b").is_err());
-        assert!(path_matches("/api", "/api"));
-        assert!(path_matches("/api", "/api/v1"));
-        assert!(!path_matches("/api", "/apiv1"));
-        assert!(path_matches("/", "/anything"));
     }
 }

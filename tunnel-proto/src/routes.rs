@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
-use crate::names::{HostPattern, normalize_path_prefix};
+use crate::names::HostPattern;
+use crate::path::normalize_path_prefix;
 
 /// One route as the gateway sees it: which requests it matches. Where they
 /// go (the target URL) stays on the relay; the gateway names the route by
@@ -81,6 +82,38 @@ pub struct RoutePolicy {
     /// When not empty, only clients whose address is in one of these CIDRs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_allow: Vec<String>,
+    /// Protocols a client may switch to with `Upgrade` (names compared
+    /// without case or version). Absent: `websocket` only. An upgraded
+    /// connection is spliced unread, so a protocol that carries further
+    /// requests (`h2c`) would take them around routing and policy: it is
+    /// never allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrades: Option<Vec<String>>,
+}
+
+/// Upgrades allowed when a route names none.
+pub const DEFAULT_UPGRADES: [&str; 1] = ["websocket"];
+/// Protocols no route may allow: they carry further HTTP requests.
+const FORBIDDEN_UPGRADES: [&str; 2] = ["h2c", "h2"];
+/// Most protocols one route may allow.
+pub const MAX_UPGRADES: usize = 8;
+
+/// The protocol name of an `Upgrade` token (`websocket/13` → `websocket`).
+fn protocol_name(token: &str) -> &str {
+    token.trim().split_once('/').map_or(token.trim(), |(name, _)| name)
+}
+
+/// Whether a route with `policy` lets a client upgrade to `protocol` (one
+/// token of an `Upgrade` header).
+pub fn upgrade_allowed(policy: Option<&RoutePolicy>, protocol: &str) -> bool {
+    let name = protocol_name(protocol);
+    if name.is_empty() || FORBIDDEN_UPGRADES.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+        return false;
+    }
+    match policy.and_then(|p| p.upgrades.as_ref()) {
+        Some(allowed) => allowed.iter().any(|a| a.eq_ignore_ascii_case(name)),
+        None => DEFAULT_UPGRADES.iter().any(|a| a.eq_ignore_ascii_case(name)),
+    }
 }
 
 /// Most CIDRs in one `ip_allow` list.
@@ -148,6 +181,22 @@ impl RoutePolicy {
             .iter()
             .map(|c| c.parse::<Cidr>().map(|c| c.to_string()).map_err(bad))
             .collect::<Result<_>>()?;
+        if let Some(upgrades) = &mut self.upgrades {
+            if upgrades.len() > MAX_UPGRADES {
+                return Err(bad(format!("more than {MAX_UPGRADES} protocols in upgrades")));
+            }
+            for u in upgrades.iter_mut() {
+                if !valid_name(u) {
+                    return Err(bad(format!("upgrade {u:?}: letters, digits, '-', '_', '.'")));
+                }
+                if FORBIDDEN_UPGRADES.iter().any(|f| f.eq_ignore_ascii_case(u)) {
+                    return Err(bad(format!(
+                        "upgrade {u:?} is never allowed: it would carry requests around routing and policy"
+                    )));
+                }
+                u.make_ascii_lowercase();
+            }
+        }
         Ok(self)
     }
 }
@@ -272,10 +321,37 @@ mod tests {
             serde_json::json!({"auth": "jwt", "project": "nope"}),
             serde_json::json!({"ip_allow": ["10.0.0.0/33"]}),
             serde_json::json!({"ip_allow": ["10.0.0.0/+8"]}),
+            serde_json::json!({"upgrades": ["h2c"]}),
+            serde_json::json!({"upgrades": ["H2C"]}),
+            serde_json::json!({"upgrades": ["web socket"]}),
             serde_json::json!(5),
         ] {
             assert!(RoutePolicy::from_json(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn upgrades_are_websocket_unless_a_route_says_otherwise_and_never_h2c() {
+        assert!(upgrade_allowed(None, "websocket"));
+        assert!(upgrade_allowed(None, "WebSocket"));
+        for other in ["h2c", "H2C", "h2", "tls/1.2", "", "foo"] {
+            assert!(!upgrade_allowed(None, other), "{other}");
+        }
+        let p = RoutePolicy::from_json(&serde_json::json!({"upgrades": ["Foo"]}))
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.upgrades.as_deref(), Some(&["foo".to_owned()][..]));
+        assert!(upgrade_allowed(Some(&p), "foo/2"));
+        assert!(
+            !upgrade_allowed(Some(&p), "websocket"),
+            "the route's list replaces the default"
+        );
+        let none = RoutePolicy::from_json(&serde_json::json!({"upgrades": []}))
+            .unwrap()
+            .unwrap();
+        assert!(!upgrade_allowed(Some(&none), "websocket"));
+        let default = RoutePolicy::default();
+        assert!(upgrade_allowed(Some(&default), "websocket"));
     }
 
     #[test]

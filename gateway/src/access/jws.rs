@@ -13,6 +13,10 @@ use super::keys::{UserPublicKey, UserSigningKey};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY_SECS: u64 = 30;
+/// Longest lifetime a token may claim (`exp` from now). A token cannot be
+/// revoked short of removing its key, so a leaked one must not stay good
+/// for long; the gateway refuses longer ones whoever minted them.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 /// Longest `kid` or `sub`.
 const MAX_ID_LEN: usize = 256;
 
@@ -33,6 +37,8 @@ pub enum JwsError {
     Expired,
     #[error("token not yet valid")]
     NotYetValid,
+    #[error("token lifetime is over {} days", MAX_TOKEN_TTL_SECS / 86_400)]
+    TooLongLived,
     #[error("token audience is not this host")]
     WrongAudience,
     #[error("token subject does not match its key's user")]
@@ -136,13 +142,17 @@ impl Unverified<'_> {
 
 impl Claims {
     /// `aud` is `host`; `now` (Unix seconds) is within `nbf`..`exp`,
-    /// give or take [`LEEWAY_SECS`].
+    /// give or take [`LEEWAY_SECS`]; `exp` is at most
+    /// [`MAX_TOKEN_TTL_SECS`] away.
     pub fn check(&self, host: &str, now: u64) -> Result<(), JwsError> {
         if self.aud != host {
             return Err(JwsError::WrongAudience);
         }
         if now >= self.exp.saturating_add(LEEWAY_SECS) {
             return Err(JwsError::Expired);
+        }
+        if self.exp > now.saturating_add(MAX_TOKEN_TTL_SECS + LEEWAY_SECS) {
+            return Err(JwsError::TooLongLived);
         }
         if self.nbf.is_some_and(|nbf| now.saturating_add(LEEWAY_SECS) < nbf) {
             return Err(JwsError::NotYetValid);
@@ -203,6 +213,17 @@ mod tests {
             parse(&token).unwrap().verify(&p256),
             Err(JwsError::Algorithm(_))
         ));
+    }
+
+    #[test]
+    fn tokens_living_longer_than_the_cap_are_refused() {
+        let now = 1_000_000;
+        assert_eq!(claims(now + MAX_TOKEN_TTL_SECS).check("app.test", now), Ok(()));
+        assert_eq!(
+            claims(now + 365 * 86_400).check("app.test", now),
+            Err(JwsError::TooLongLived)
+        );
+        assert_eq!(claims(u64::MAX).check("app.test", now), Err(JwsError::TooLongLived));
     }
 
     #[test]

@@ -300,6 +300,7 @@ mod tests {
             role: role.map(Into::into),
             permission: permission.map(Into::into),
             ip_allow: vec![],
+            upgrades: None,
         }
     }
 

@@ -15,6 +15,8 @@ packages=()
 command -v pebble >/dev/null || packages+=(pebble)
 # Headless Chromium for the dashboard test (tests/src/browser.rs).
 command -v chromium >/dev/null || packages+=(chromium)
+# curl, a third-party HTTP/2 client, for tests of what real clients see.
+command -v curl >/dev/null || packages+=(curl)
 apt_install() {
     [ ${#packages[@]} -eq 0 ] && return 0
     local sudo=""

@@ -50,6 +50,11 @@ pub enum Error {
     NoRelay(String),
     #[error("the relay for {host} could not take the request: {reason}")]
     RelayUnavailable { host: String, reason: String },
+    #[error("{}", refused_text(route, *refusal))]
+    Refused {
+        route: String,
+        refusal: tunnel_proto::http::Refusal,
+    },
     #[error("{route} did not answer within {secs} s")]
     RelayTimeout { route: String, secs: u64 },
     #[error("{0} is failing its health check")]
@@ -66,7 +71,7 @@ impl Error {
             Error::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             Error::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::NoRelay(_) | Error::RelayUnavailable { .. } => StatusCode::BAD_GATEWAY,
+            Error::NoRelay(_) | Error::RelayUnavailable { .. } | Error::Refused { .. } => StatusCode::BAD_GATEWAY,
             Error::RelayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Unhealthy(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
@@ -86,9 +91,21 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::NoRelay(_) => "no_relay",
             Error::RelayUnavailable { .. } => "relay_unavailable",
+            Error::Refused { refusal, .. } => refusal.as_str(),
             Error::RelayTimeout { .. } => "relay_timeout",
             Error::Unhealthy(_) => "unhealthy",
             _ => "internal",
+        }
+    }
+}
+
+/// What a public client reads when a relay could not reach a route's
+/// target: the route, never the target's address.
+fn refused_text(route: &str, refusal: tunnel_proto::http::Refusal) -> String {
+    match refusal {
+        tunnel_proto::http::Refusal::RouteGone => format!("{route} is no longer served by its relay"),
+        tunnel_proto::http::Refusal::TargetUnreachable => {
+            format!("{route} is unreachable: its local service did not take the connection")
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod access;
 mod acme_tls;
 pub mod admin;
 pub mod authorized_keys;
+mod body;
 pub mod config;
 pub mod error;
 pub mod headers;

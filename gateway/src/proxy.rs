@@ -21,6 +21,7 @@ use tunnel_proto::path::RequestPath;
 
 use crate::State;
 use crate::access::policy::{self, AccessRequest, Denial, Identity};
+use crate::body::{ClientBody, Keeper, RelayBody};
 use crate::error::Error;
 use crate::headers::{
     self, HeadBudget, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_ROUTEHUB_ROLES,
@@ -28,7 +29,7 @@ use crate::headers::{
 };
 use crate::metrics::{AuthLabel, CodeLabel, OutcomeLabel};
 use crate::pool::{self, TunnelBody, TunnelConn};
-use crate::registry::{Lookup, Routed, Session, StreamGuard};
+use crate::registry::{Lookup, Routed, Session};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of every response the gateway sends.
@@ -134,7 +135,8 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let started = Instant::now();
-    let resp = match route(&state, &conn, req).await {
+    let keeper = Keeper::default();
+    let resp = match route(&state, &conn, req, &keeper).await {
         Ok(resp) => resp,
         Err(err) => {
             state
@@ -143,6 +145,7 @@ pub(crate) async fn handle(
                 .get_or_create(&OutcomeLabel { outcome: err.kind() })
                 .inc();
             tracing::debug!(error = %err, "request answered by the gateway");
+            keeper.discard();
             error_response(&err)
         }
     };
@@ -165,7 +168,12 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
     }
 }
 
-async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) -> Result<Response<Body>, Error> {
+async fn route(
+    state: &Arc<State>,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    keeper: &Keeper,
+) -> Result<Response<Body>, Error> {
     let host = request_host(&req).ok_or(Error::MissingHost)?;
     check_head(state, conn, &req)?;
     // Routed, policed and forwarded in one form: see `tunnel_proto::path`.
@@ -219,7 +227,7 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
     let replay = Replay::of(&req, upgrade.is_some());
     // Taken once: a request that is retried keeps its client's upgrade.
     let mut client_upgrade = upgrade.map(|asked| (asked, hyper::upgrade::on(&mut req)));
-    let mut req = req.map(Either::Left);
+    let mut req = req.map(|body| Either::Left(ClientBody::new(body, keeper.clone())));
     // A request that can't be replayed takes only a connection that was
     // busy moments ago: the older an idle one, the likelier its target has
     // just closed it, and then the request may be lost.
@@ -251,17 +259,16 @@ async fn route(state: &Arc<State>, conn: &ConnInfo, mut req: Request<Incoming>) 
             Ok(resp) => return Ok(resp),
             Err(failure) => failure,
         };
-        let refused = failure.answer.is_some();
         attempt += 1;
         let Failure {
             error,
             unsent,
             maybe_in_progress,
             stale,
-            answer,
+            refused,
         } = failure;
         // What the client gets when this was the last attempt.
-        let give_up = move || answer.map(Ok).unwrap_or(Err(error));
+        let give_up = move || Err(error);
         // Retry only what can't be duplicated harmfully: a request that
         // provably never reached the relay, whatever its method; or a safe
         // one without a body, unless the relay may still be working on it.
@@ -449,9 +456,9 @@ struct Failure {
     /// It failed on a reused idle connection before any response: most
     /// likely the target had closed it, not a failing session.
     stale: bool,
-    /// The relay's own answer (its target was not reached), for the client
-    /// if no other relay can take the request.
-    answer: Option<Response<Body>>,
+    /// The relay answered for itself (its target was not reached): the
+    /// error is that answer, and another relay may take the request.
+    refused: bool,
 }
 
 impl Failure {
@@ -461,7 +468,7 @@ impl Failure {
             unsent: Some(req),
             maybe_in_progress: false,
             stale: false,
-            answer: None,
+            refused: false,
         }
     }
 }
@@ -532,7 +539,7 @@ async fn forward(
                 unsent: None,
                 maybe_in_progress: true,
                 stale: false,
-                answer: None,
+                refused: false,
             });
         }
         Ok(Ok(resp)) => resp,
@@ -550,21 +557,26 @@ async fn forward(
                 unsent,
                 maybe_in_progress: false,
                 stale: conn.reused,
-                answer: None,
+                refused: false,
             });
         }
     };
     let upgraded = tunnel_proto::http::strip_hop_by_hop(resp.headers_mut());
     // The relay answered for itself: the target was not reached (a route it
     // no longer has, a target that refused), so another relay may take it.
+    // Its answer is not streamed on: the client gets a whole response of
+    // the gateway's, which the tunnel connection closing under the request
+    // body can't cut short.
     if let Some(refusal) = Refusal::of(resp.status(), resp.headers()) {
-        let error = unavailable(format!("the relay could not reach the target ({})", refusal.as_str()));
         return Err(Failure {
-            error,
+            error: Error::Refused {
+                route: format!("{host}{path}"),
+                refusal,
+            },
             unsent: None,
             maybe_in_progress: false,
             stale: false,
-            answer: Some(resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed_unsync())),
+            refused: true,
         });
     }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -593,67 +605,17 @@ async fn forward(
                     unsent: None,
                     maybe_in_progress: true,
                     stale: false,
-                    answer: None,
+                    refused: false,
                 });
             }
         }
     }
     let session = session.clone();
     Ok(resp.map(|inner| {
-        RelayBody {
-            inner,
-            done: false,
-            back: Some((session, route_id, conn)),
-            _in_flight: guard,
-        }
-        .map_err(|e| Box::new(e) as BoxError)
-        .boxed_unsync()
+        RelayBody::new(inner, (session, route_id, conn), guard)
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed_unsync()
     }))
-}
-
-/// A response body from a relay. Counts as in flight until it is done;
-/// once read to the end, its connection goes back to the session's pool.
-struct RelayBody {
-    inner: Incoming,
-    done: bool,
-    back: Option<(Arc<Session>, u64, TunnelConn)>,
-    _in_flight: StreamGuard,
-}
-
-impl http_body::Body for RelayBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let frame = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_frame(cx));
-        if frame.is_none() {
-            self.done = true;
-        }
-        std::task::Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        http_body::Body::is_end_stream(&self.inner)
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::Body::size_hint(&self.inner)
-    }
-}
-
-impl Drop for RelayBody {
-    fn drop(&mut self) {
-        // A body dropped half-read leaves its connection mid-response: it
-        // closes with the handle.
-        if (self.done || http_body::Body::is_end_stream(&self.inner))
-            && let Some((session, route_id, conn)) = self.back.take()
-        {
-            session.release(route_id, conn);
-        }
-    }
 }
 
 #[cfg(test)]

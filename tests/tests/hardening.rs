@@ -330,3 +330,58 @@ async fn a_relay_502_does_not_show_the_internal_target_to_the_client() {
         "{body}"
     );
 }
+
+/// Whether curl is here; under `CI=true` (where `scripts/test.sh`
+/// installs it) its absence fails the test.
+fn have_curl() -> bool {
+    let found = std::process::Command::new("curl").arg("--version").output().is_ok();
+    if !found && std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("curl is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn an_h2_upload_to_a_target_that_refuses_gets_a_whole_502() {
+    if !have_curl() {
+        return eprintln!("skipped: curl is not installed");
+    }
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let target = format!("http://{closed}");
+    let mut net = TestNet::builder().key("files", &[FILES]).start().await.unwrap();
+    let relay = relay::Relay::start(net.relay_config("files", vec![route(FILES, &target, Value::Null)]))
+        .await
+        .unwrap();
+    relay.wait_ready(1, WITHIN).await.expect("relay connects");
+    net.relays.push(relay);
+    let dir = tempfile::tempdir().unwrap();
+    let addr = net.gateway.addr();
+    // curl is a client that takes a reset stream for an error even after
+    // a whole response: every upload must end cleanly with the 502.
+    for (size, times) in [(300_000usize, 20), (5_000_000, 10)] {
+        let file = dir.path().join(format!("{size}"));
+        std::fs::write(&file, vec![b'x'; size]).unwrap();
+        for i in 0..times {
+            let out = tokio::process::Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2", "--cacert"])
+                .arg(&net.ca)
+                .arg("--resolve")
+                .arg(format!("{FILES}:{}:127.0.0.1", addr.port()))
+                .args(["-X", "POST", "--data-binary"])
+                .arg(format!("@{}", file.display()))
+                .arg(format!("https://{FILES}:{}/upload", addr.port()))
+                .output()
+                .await
+                .unwrap();
+            let code = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && code == "502",
+                "{size} bytes, upload {i}: curl exit {:?}, status {code}",
+                out.status.code()
+            );
+        }
+    }
+}

@@ -496,8 +496,8 @@ async fn admin_client(data_dir: &Path, port: u16) -> relay::client::AdminClient 
     })
     .await;
     assert!(up.is_some(), "admin API never came up");
-    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    relay::client::AdminClient::new(&format!("http://127.0.0.1:{port}"), token.trim().to_owned())
+    let token = ops::AdminToken::read(&data_dir.join(ops::TOKEN_FILE)).unwrap();
+    relay::client::AdminClient::new(&format!("http://127.0.0.1:{port}"), token)
 }
 
 #[tokio::test]

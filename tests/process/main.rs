@@ -1,6 +1,8 @@
 //! Routehub as real processes: kill -9, SIGTERM drains, SIGSTOP (a laptop
 //! asleep), the command line.
 
+mod gateway_setup;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};

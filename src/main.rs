@@ -109,7 +109,9 @@ struct GatewayArgs {
     /// HTTPS (TCP) and QUIC (UDP) address [default: 0.0.0.0:443].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Admin address for /metrics and /healthz [default: 127.0.0.1:9090].
+    /// Admin address for /metrics, /healthz and the admin API [default:
+    /// 127.0.0.1:9090]; loopback only unless the config file sets
+    /// dangerous_admin_public = true.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
     /// File of `<public key> <hostname>[,<hostname>...]` lines.
@@ -214,7 +216,8 @@ struct RelayArgs {
     /// Where the store and the admin token live [default: ~/.local/share/routehub/relay].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Admin API and dashboard address [default: 127.0.0.1:7070].
+    /// Admin API and dashboard address [default: 127.0.0.1:7070]; loopback
+    /// only unless the config file sets dangerous_admin_public = true.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
 }

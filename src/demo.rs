@@ -26,7 +26,7 @@ pub struct DemoOptions {
 
 /// Starts everything, prints the curl line, runs until `stop` resolves.
 pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>) -> Result<()> {
-    certs::fs::ensure_private_dir(&opts.data_dir)?;
+    ops::fs::ensure_private_dir(&opts.data_dir)?;
     let key_path = opts.data_dir.join("relay.key");
     if !key_path.exists() {
         RelayKey::generate()?.save_new(&key_path)?;
@@ -38,7 +38,7 @@ pub async fn run(opts: DemoOptions, stop: impl std::future::Future<Output = ()>)
         "# written by `routehub demo`\n{} {DEMO_HOST},*.localhost\n",
         key.public_key()
     );
-    certs::fs::write_atomic(&keys_path, keys_file.as_bytes(), false)?;
+    ops::fs::write_atomic(&keys_path, keys_file.as_bytes(), ops::fs::Access::Public)?;
 
     let backend = serve_demo_service().await?;
     let gateway = gateway::Gateway::start(gateway::GatewayConfig {

@@ -4,12 +4,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use gateway::access::jws::{Claims, mint};
 use gateway::access::keys::{KeyKind, UserPublicKey, UserSigningKey};
 use http::Method;
-use relay::client::AdminClient;
+use ops::{AdminClient, TokenLookup};
 use serde_json::{Value, json};
 
 #[derive(Subcommand)]
@@ -128,27 +128,8 @@ fn seg(s: &str) -> String {
         .collect()
 }
 
-fn find_token(explicit: Option<&Path>, data_dir: Option<&Path>) -> Result<String> {
-    if let Ok(t) = std::env::var("ROUTEHUB_GATEWAY_ADMIN_TOKEN")
-        && explicit.is_none()
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
-    }
-    let path = match (explicit, data_dir) {
-        (Some(p), _) => p.to_owned(),
-        (None, Some(d)) => d.join(gateway::admin::TOKEN_FILE),
-        (None, None) => certs::fs::default_data_dir("gateway").join(gateway::admin::TOKEN_FILE),
-    };
-    std::fs::read_to_string(&path)
-        .map(|t| t.trim().to_owned())
-        .with_context(|| {
-            format!(
-                "reading the gateway's admin token {} (use --token-file)",
-                path.display()
-            )
-        })
-}
+/// Environment variable that may hold the gateway's admin token itself.
+pub const TOKEN_ENV: &str = "ROUTEHUB_GATEWAY_ADMIN_TOKEN";
 
 /// A key given as a file path or as the key text itself.
 fn key_text(arg: &str) -> Result<String> {
@@ -161,7 +142,13 @@ fn key_text(arg: &str) -> Result<String> {
 
 /// Runs one admin command against the gateway at `admin`.
 pub async fn run(command: AdminCommand, admin: &str, token_file: Option<&Path>, data_dir: Option<&Path>) -> Result<()> {
-    let token = find_token(token_file, data_dir)?;
+    let default_dirs = [ops::fs::default_data_dir("gateway")];
+    let lookup = TokenLookup {
+        role: "gateway",
+        env: TOKEN_ENV,
+        default_dirs: &default_dirs,
+    };
+    let token = ops::find_token(token_file, data_dir, &lookup)?;
     let api = AdminClient::new(admin, token);
     let (method, path, body): (Method, String, Option<Value>) = match command {
         AdminCommand::Org(c) => match c {
@@ -229,12 +216,7 @@ pub async fn run(command: AdminCommand, admin: &str, token_file: Option<&Path>, 
             RoleCommand::Rm { org, name } => (Method::DELETE, format!("/v1/roles/{}/{}", seg(&org), seg(&name)), None),
         },
     };
-    let body = body.map(|b| bytes::Bytes::from(b.to_string()));
-    let (status, json) = api.raw(method, &path, body, true).await?;
-    if !status.is_success() {
-        let message = json.get("error").and_then(Value::as_str).unwrap_or("no details");
-        bail!("{status}: {message}");
-    }
+    let json: Value = api.call(method, &path, body).await?;
     println!("{}", serde_json::to_string_pretty(&json)?);
     Ok(())
 }

@@ -2,6 +2,8 @@
 
 mod demo;
 mod gateway_cli;
+#[cfg(test)]
+mod overlay_tests;
 mod routes_cli;
 
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use serde::Serialize;
 
 #[derive(Parser)]
 #[command(
@@ -81,25 +84,34 @@ enum Command {
     },
 }
 
-#[derive(clap::Args)]
+/// `routehub gateway`. Each setting is the config file's key of the same
+/// name (serde renames say where they differ), laid over the file by
+/// `ops::overlay`.
+#[derive(clap::Args, Serialize)]
 struct GatewayArgs {
     #[command(subcommand)]
+    #[serde(skip)]
     manage: Option<gateway_cli::AdminCommand>,
     /// With a subcommand: the gateway's admin listener [default: http://127.0.0.1:9090].
     #[arg(long = "admin", global = true)]
+    #[serde(skip)]
     admin_url: Option<String>,
     /// With a subcommand: admin token file [default: admin.token in --data-dir].
     #[arg(long, global = true)]
+    #[serde(skip)]
     token_file: Option<PathBuf>,
     /// TOML config file (flags override it).
     #[arg(long)]
+    #[serde(skip)]
     config: Option<PathBuf>,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// HTTPS (TCP) and QUIC (UDP) address [default: 0.0.0.0:443].
     #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Admin address for /metrics and /healthz [default: 127.0.0.1:9090].
+    /// Admin address for /metrics, /healthz and the admin API [default:
+    /// 127.0.0.1:9090]; loopback only unless the config file sets
+    /// dangerous_admin_public = true.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
     /// File of `<public key> <hostname>[,<hostname>...]` lines.
@@ -115,43 +127,62 @@ struct GatewayArgs {
     heartbeat_ms: Option<u64>,
     /// Seconds in-flight requests may take after SIGTERM.
     #[arg(long)]
+    #[serde(rename = "drain_timeout_secs")]
     drain_timeout: Option<u64>,
     /// Seconds a relay's local service may take to start answering; then
     /// 504 naming the route [default: 100].
     #[arg(long)]
+    #[serde(rename = "response_timeout_secs")]
     response_timeout: Option<u64>,
     /// Plain-HTTP address for ACME HTTP-01 and redirects to https, `off`,
     /// or `auto` [default: auto = 0.0.0.0:80 with ACME, else off].
     #[arg(long)]
     http_listen: Option<gateway::config::HttpListen>,
+    #[command(flatten)]
+    acme: AcmeArgs,
+}
+
+/// The `[acme]` section as flags.
+#[derive(clap::Args, Serialize)]
+struct AcmeArgs {
     /// ACME directory URL: certificates from this CA instead of the dev CA
     /// (e.g. https://acme-v02.api.letsencrypt.org/directory).
     #[arg(long)]
+    #[serde(rename = "directory")]
     acme_directory: Option<String>,
     /// Contact email for the ACME account.
     #[arg(long)]
+    #[serde(rename = "email")]
     acme_email: Option<String>,
     /// Extra root certificate (PEM) to trust for the ACME server's HTTPS.
     #[arg(long)]
+    #[serde(rename = "ca_root")]
     acme_ca_root: Option<PathBuf>,
     /// Challenge type [default: auto = TLS-ALPN-01, then HTTP-01].
     #[arg(long, value_parser = ["tls-alpn-01", "http-01", "auto"])]
+    #[serde(rename = "challenge")]
     acme_challenge: Option<String>,
     /// External Account Binding key id (CAs that need one).
     #[arg(long)]
+    #[serde(rename = "eab_kid")]
     acme_eab_kid: Option<String>,
     /// External Account Binding HMAC key, base64url.
     #[arg(long, env = "ROUTEHUB_ACME_EAB_HMAC_KEY", hide_env_values = true)]
+    #[serde(rename = "eab_hmac_key")]
     acme_eab_hmac_key: Option<String>,
     /// Most ACME orders started per hour.
     #[arg(long)]
+    #[serde(rename = "orders_per_hour")]
     acme_orders_per_hour: Option<u32>,
 }
 
-#[derive(clap::Args)]
+/// `routehub relay`, laid over the config file like [`GatewayArgs`];
+/// `--route` adds to the file's `[[route]]` entries.
+#[derive(clap::Args, Serialize)]
 struct RelayArgs {
     /// TOML config file (flags override it).
     #[arg(long)]
+    #[serde(skip)]
     config: Option<PathBuf>,
     /// Gateway address(es), `host[:port]`, comma-separated or repeated.
     #[arg(long = "gateway")]
@@ -169,20 +200,24 @@ struct RelayArgs {
     /// store: each is added once, ever (a route later removed with
     /// `routehub routes rm` stays removed).
     #[arg(long = "route")]
+    #[serde(rename = "route")]
     routes: Vec<relay::RouteConfig>,
     /// auto (QUIC, falling back to TCP on port 443), quic or tcp.
     #[arg(long)]
     transport: Option<relay::TransportMode>,
     /// Seconds between attempts to move back to QUIC while on TCP.
     #[arg(long)]
+    #[serde(rename = "quic_retry_secs")]
     quic_retry: Option<u64>,
     /// Seconds in-flight requests may take after SIGTERM.
     #[arg(long)]
+    #[serde(rename = "drain_timeout_secs")]
     drain_timeout: Option<u64>,
     /// Where the store and the admin token live [default: ~/.local/share/routehub/relay].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Admin API and dashboard address [default: 127.0.0.1:7070].
+    /// Admin API and dashboard address [default: 127.0.0.1:7070]; loopback
+    /// only unless the config file sets dangerous_admin_public = true.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
 }
@@ -219,68 +254,7 @@ async fn run_gateway(mut args: GatewayArgs) -> Result<()> {
         let admin = args.admin_url.as_deref().unwrap_or("http://127.0.0.1:9090");
         return gateway_cli::run(cmd, admin, args.token_file.as_deref(), args.data_dir.as_deref()).await;
     }
-    let mut config = match &args.config {
-        Some(path) => gateway::GatewayConfig::from_file(path)?,
-        None => gateway::GatewayConfig::default(),
-    };
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
-    }
-    if let Some(v) = args.listen {
-        config.listen = v;
-    }
-    if let Some(v) = args.admin_listen {
-        config.admin_listen = v;
-    }
-    if let Some(v) = args.authorized_keys {
-        config.authorized_keys = Some(v);
-    }
-    if !args.names.is_empty() {
-        config.names = args.names;
-    }
-    if !args.peers.is_empty() {
-        config.peers = args.peers;
-    }
-    if let Some(v) = args.heartbeat_ms {
-        config.heartbeat_ms = v;
-    }
-    if let Some(v) = args.drain_timeout {
-        config.drain_timeout_secs = v;
-    }
-    if let Some(v) = args.response_timeout {
-        config.response_timeout_secs = v;
-    }
-    if let Some(v) = args.http_listen {
-        config.http_listen = v;
-    }
-    if let Some(dir) = args.acme_directory {
-        match config.acme.as_mut() {
-            Some(acme) => acme.directory = dir,
-            None => config.acme = Some(gateway::config::AcmeSection::new(dir)),
-        }
-    }
-    let acme_flags = args.acme_email.is_some()
-        || args.acme_ca_root.is_some()
-        || args.acme_challenge.is_some()
-        || args.acme_eab_kid.is_some()
-        || args.acme_eab_hmac_key.is_some()
-        || args.acme_orders_per_hour.is_some();
-    match config.acme.as_mut() {
-        Some(acme) => {
-            acme.email = args.acme_email.or(acme.email.take());
-            acme.ca_root = args.acme_ca_root.or(acme.ca_root.take());
-            acme.eab_kid = args.acme_eab_kid.or(acme.eab_kid.take());
-            acme.eab_hmac_key = args.acme_eab_hmac_key.or(acme.eab_hmac_key.take());
-            if let Some(v) = args.acme_challenge {
-                acme.challenge = v;
-            }
-            if let Some(v) = args.acme_orders_per_hour {
-                acme.orders_per_hour = v;
-            }
-        }
-        None if acme_flags => anyhow::bail!("--acme-* flags need --acme-directory (or [acme] in the config file)"),
-        None => {}
-    }
+    let config: gateway::GatewayConfig = ops::overlay::load(args.config.as_deref(), &args, &[])?;
     let gw = gateway::Gateway::start(config).await?;
     match gw.ca_cert_path() {
         Some(ca) => eprintln!("dev CA root: {}", ca.display()),
@@ -293,38 +267,7 @@ async fn run_gateway(mut args: GatewayArgs) -> Result<()> {
 }
 
 async fn run_relay(args: RelayArgs) -> Result<()> {
-    let mut config = match &args.config {
-        Some(path) => relay::RelayConfig::from_file(path)?,
-        None => relay::RelayConfig::default(),
-    };
-    if !args.gateways.is_empty() {
-        config.gateways = args.gateways;
-    }
-    if let Some(v) = args.key {
-        config.key = v;
-    }
-    if let Some(v) = args.ca {
-        config.ca = Some(v);
-    }
-    if let Some(v) = args.server_name {
-        config.server_name = Some(v);
-    }
-    config.routes.extend(args.routes);
-    if let Some(v) = args.transport {
-        config.transport = v;
-    }
-    if let Some(v) = args.quic_retry {
-        config.quic_retry_secs = v;
-    }
-    if let Some(v) = args.drain_timeout {
-        config.drain_timeout_secs = v;
-    }
-    if let Some(v) = args.data_dir {
-        config.data_dir = v;
-    }
-    if let Some(v) = args.admin_listen {
-        config.admin_listen = Some(v);
-    }
+    let config: relay::RelayConfig = ops::overlay::load(args.config.as_deref(), &args, &["route"])?;
     let relay = relay::Relay::start(config).await?;
     shutdown_signal().await;
     relay.shutdown();
@@ -385,7 +328,7 @@ fn main() -> Result<()> {
                 relay_admin_listen,
                 data_dir,
             } => {
-                let data_dir = data_dir.unwrap_or_else(|| certs::fs::default_data_dir("demo"));
+                let data_dir = data_dir.unwrap_or_else(|| ops::fs::default_data_dir("demo"));
                 let opts = demo::DemoOptions {
                     listen,
                     admin_listen,

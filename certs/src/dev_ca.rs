@@ -14,7 +14,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
 use crate::error::{Error, Result};
-use crate::fs::{ensure_private_dir, write_atomic};
+use ops::fs::{Access, ensure_private_dir, write_atomic};
 
 /// Root file name in the data dir.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -63,8 +63,9 @@ impl DevCa {
         params.not_after = now + CA_LIFETIME;
         let cert = params.self_signed(&key)?;
         // Key first: a crash in between leaves no cert without its key.
-        write_atomic(&key_path, key.serialize_pem().as_bytes(), true)?;
-        write_atomic(&cert_path, cert.pem().as_bytes(), false)?;
+        write_atomic(&key_path, key.serialize_pem().as_bytes(), Access::Private)?;
+        // Public: users hand it to curl and to relays.
+        write_atomic(&cert_path, cert.pem().as_bytes(), Access::Public)?;
         tracing::info!(path = %cert_path.display(), "created a dev CA");
         Ok(DevCa {
             issuer: Issuer::new(params, key),
@@ -133,6 +134,8 @@ mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
+            let mode = std::fs::metadata(ca.cert_path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "curl and relays read the root");
         }
         let again = DevCa::load_or_create(dir.path()).unwrap();
         assert_eq!(

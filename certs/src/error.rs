@@ -8,6 +8,9 @@ pub enum Error {
     File { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     BadFile { path: PathBuf, reason: String },
+    /// Writing a file or creating a directory failed.
+    #[error(transparent)]
+    Ops(#[from] ops::Error),
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS: {0}")]

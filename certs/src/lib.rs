@@ -8,7 +8,6 @@ pub mod challenge;
 pub mod clock;
 pub mod dev_ca;
 pub mod error;
-pub mod fs;
 pub mod ledger;
 pub mod manager;
 pub mod pem;

@@ -15,8 +15,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::fs::{ensure_private_dir, write_atomic};
 use crate::pem::CertBundle;
+use ops::fs::{Access, ensure_private_dir, write_atomic};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -149,7 +149,7 @@ impl CertStore for DirStore {
             let dir = self.issuer_dir(issuer)?;
             blocking(move || {
                 ensure_private_dir(&dir)?;
-                write_atomic(&dir.join("account.json"), &credentials, true)
+                write_atomic(&dir.join("account.json"), &credentials, Access::Private).map_err(Error::from)
             })
             .await
         })
@@ -167,7 +167,7 @@ impl CertStore for DirStore {
             let dir = self.issuer_dir(issuer)?;
             blocking(move || {
                 ensure_private_dir(&dir)?;
-                write_atomic(&dir.join(STATE_FILE), &state, true)
+                write_atomic(&dir.join(STATE_FILE), &state, Access::Private).map_err(Error::from)
             })
             .await
         })
@@ -199,7 +199,7 @@ impl CertStore for DirStore {
                 if let Some(dir) = path.parent() {
                     ensure_private_dir(dir)?;
                 }
-                write_atomic(&path, cert.to_pem().as_bytes(), true)
+                write_atomic(&path, cert.to_pem().as_bytes(), Access::Private).map_err(Error::from)
             })
             .await
         })

@@ -1,84 +1,27 @@
-//! The admin listener. Loopback by default. Open: `/healthz`, `/readyz`,
+//! What the admin listener serves (the listener itself, its cap and its
+//! loopback rule are `ops::AdminListener`). Open: `/healthz`, `/readyz`,
 //! `/metrics`. Behind the bearer token in `admin.token` (data dir): the
 //! identity API under `/v1/` (orgs, hosts, relay keys, users, roles),
 //! whose changes apply at once, without a restart.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use ring::rand::{SecureRandom, SystemRandom};
+use ops::{AdminListener, AdminToken};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use crate::State;
 use crate::access::model::{IdentityDoc, UserAdd};
 use crate::access::{Authority, IdentityStore};
 use crate::authorized_keys::AuthorizedKeys;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::proxy::{Body, full};
 
-/// File of the admin API's bearer token in the data dir.
-pub const TOKEN_FILE: &str = "admin.token";
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
-
-/// The admin bearer token; never shown in Debug output.
-#[derive(Clone)]
-pub struct AdminToken(String);
-
-impl std::fmt::Debug for AdminToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AdminToken(<redacted>)")
-    }
-}
-
-impl AdminToken {
-    /// Reads `admin.token` from `dir`, creating it (0600) if missing.
-    pub fn load_or_create(dir: &Path) -> Result<Self> {
-        let path = dir.join(TOKEN_FILE);
-        let err = |message: String| Error::Config {
-            path: path.clone(),
-            message,
-        };
-        match std::fs::read_to_string(&path) {
-            Ok(t) if !t.trim().is_empty() => return Ok(AdminToken(t.trim().to_owned())),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(err(e.to_string())),
-        }
-        let mut bytes = [0u8; 32];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| err("the OS random source failed".into()))?;
-        let token = URL_SAFE_NO_PAD.encode(bytes);
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-        certs::fs::write_atomic(&path, format!("{token}\n").as_bytes(), true).map_err(|e| err(e.to_string()))?;
-        Ok(AdminToken(token))
-    }
-
-    /// Whether the request carries `Authorization: Bearer <token>`
-    /// (compared in constant time).
-    pub fn admits<B>(&self, req: &Request<B>) -> bool {
-        let Some(given) = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-    }
-}
 
 /// The identity store as the admin API changes it.
 pub(crate) struct IdentityAdmin {
@@ -370,54 +313,21 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(_) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            // The admin listener outlives the drain, so /readyz can say so.
-            _ = state.stopped.cancelled() => break,
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            let service = service_fn(|req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+/// Serves the admin listener until the gateway has stopped: it outlives
+/// the drain, so `/readyz` can say so.
+pub(crate) async fn serve(listener: AdminListener, state: Arc<State>) {
+    let stopped = state.stopped.clone();
+    listener
+        .serve(stopped, move |req| {
+            let state = state.clone();
+            async move { handle(&state, req).await }
+        })
+        .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_is_created_once_and_checked() {
-        let dir = tempfile::tempdir().unwrap();
-        let t = AdminToken::load_or_create(dir.path()).unwrap();
-        assert_eq!(AdminToken::load_or_create(dir.path()).unwrap().0, t.0);
-        assert!(!format!("{t:?}").contains(&t.0));
-        let ok = Request::get("/")
-            .header("authorization", format!("Bearer {}", t.0))
-            .body(())
-            .unwrap();
-        assert!(t.admits(&ok));
-        let wrong = Request::get("/").header("authorization", "Bearer x").body(()).unwrap();
-        assert!(!t.admits(&wrong));
-        assert!(!t.admits(&Request::get("/").body(()).unwrap()));
-    }
 
     #[test]
     fn percent_decoding() {

@@ -1,7 +1,8 @@
-//! Gateway configuration: a TOML file and/or flags, same fields.
+//! Gateway configuration: a TOML file and/or flags, same fields (the flags
+//! are laid over the file by `ops::overlay`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -17,8 +18,12 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// HTTPS (TCP) and QUIC tunnels (UDP), same port.
     pub listen: SocketAddr,
-    /// `/healthz`, `/readyz`, `/metrics`. Loopback by default.
+    /// `/healthz`, `/readyz`, `/metrics` and the admin API. Loopback only
+    /// unless `dangerous_admin_public`.
     pub admin_listen: SocketAddr,
+    /// Allows a non-loopback admin address (the token is then all that
+    /// protects your orgs, keys and users; put TLS in front).
+    pub dangerous_admin_public: bool,
     /// Relay keys and their hostnames.
     pub authorized_keys: Option<PathBuf>,
     /// The gateway's own hostnames (relays connect to these).
@@ -57,7 +62,9 @@ pub struct GatewayConfig {
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AcmeSection {
-    /// ACME directory URL, e.g. Let's Encrypt's.
+    /// ACME directory URL, e.g. Let's Encrypt's. Required; checked by
+    /// [`GatewayConfig::validate`], so flags can supply it over a file.
+    #[serde(default)]
     pub directory: String,
     /// Contact for the ACME account.
     #[serde(default)]
@@ -184,6 +191,23 @@ impl std::str::FromStr for HttpListen {
     }
 }
 
+/// The form [`HttpListen::from_str`] reads back.
+impl std::fmt::Display for HttpListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpListen::Auto => f.write_str("auto"),
+            HttpListen::Off => f.write_str("off"),
+            HttpListen::At(addr) => addr.fmt(f),
+        }
+    }
+}
+
+impl serde::Serialize for HttpListen {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl From<Option<SocketAddr>> for HttpListen {
     fn from(addr: Option<SocketAddr>) -> Self {
         addr.map_or(HttpListen::Off, HttpListen::At)
@@ -197,9 +221,10 @@ fn http_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HttpListen, D::
 impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
-            data_dir: certs::fs::default_data_dir("gateway"),
+            data_dir: ops::fs::default_data_dir("gateway"),
             listen: ([0, 0, 0, 0], 443).into(),
             admin_listen: ([127, 0, 0, 1], 9090).into(),
+            dangerous_admin_public: false,
             authorized_keys: None,
             names: vec!["localhost".into()],
             peers: Vec::new(),
@@ -218,14 +243,6 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Reads a TOML file; unknown keys are errors.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        certs::fs::read_toml(path).map_err(|message| Error::Config {
-            path: path.into(),
-            message,
-        })
-    }
-
     /// Checks values and normalises names.
     pub fn validate(mut self) -> Result<Self> {
         let bad = |message: String| Error::Config {
@@ -260,7 +277,14 @@ impl GatewayConfig {
         if self.response_timeout_secs == 0 {
             return Err(bad("response_timeout_secs must be positive".into()));
         }
+        ops::listener::check_admin_addr(self.admin_listen, self.dangerous_admin_public, "gateway")?;
         if let Some(acme) = &self.acme {
+            if acme.directory.trim().is_empty() {
+                return Err(bad(
+                    "acme: no directory URL; --acme-* flags and [acme] need --acme-directory (or `directory` in [acme])"
+                        .into(),
+                ));
+            }
             acme.to_certs(self.http_addr().is_some())?
                 .challenges()
                 .map_err(|e| bad(format!("acme: {e}")))?;
@@ -312,6 +336,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_public_admin_address_needs_the_explicit_override() {
+        let cfg: GatewayConfig = toml::from_str("admin_listen = \"0.0.0.0:9090\"").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.0.0:9090 is not a loopback address") && err.contains("dangerous_admin_public = true"),
+            "{err}"
+        );
+        let cfg: GatewayConfig =
+            toml::from_str("admin_listen = \"0.0.0.0:9090\"\ndangerous_admin_public = true").unwrap();
+        assert!(cfg.validate().is_ok());
+        let cfg: GatewayConfig = toml::from_str("admin_listen = \"[::1]:9090\"").unwrap();
+        assert!(cfg.validate().is_ok());
+    }
+
     /// A gateway started as a normal user with the dev CA must not try to
     /// bind port 80; with ACME it listens there unless told otherwise.
     #[test]
@@ -338,6 +377,9 @@ mod tests {
         let cfg: GatewayConfig = toml::from_str(&format!("http_listen = \"off\"\n{acme}")).unwrap();
         assert_eq!(cfg.http_addr(), None);
         assert_eq!("auto".parse::<HttpListen>(), Ok(HttpListen::Auto));
+        for v in [HttpListen::Auto, HttpListen::Off, HttpListen::At(DEFAULT_HTTP_LISTEN)] {
+            assert_eq!(v.to_string().parse::<HttpListen>(), Ok(v), "{v}");
+        }
         assert!("nonsense".parse::<HttpListen>().is_err());
     }
 
@@ -366,6 +408,9 @@ mod tests {
             assert!(cfg.validate().is_err(), "{bad}");
         }
         assert!(toml::from_str::<GatewayConfig>("[acme]\ndirectory = \"https://x\"\ndirectry = 1").is_err());
+        let cfg: GatewayConfig = toml::from_str("[acme]\nemail = \"a@b.test\"").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("--acme-directory"), "{err}");
         assert!(toml::from_str::<GatewayConfig>("http_listen = \"nonsense\"").is_err());
     }
 }

@@ -21,6 +21,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Certs(#[from] certs::Error),
+    /// The admin token, the admin listener or a file write.
+    #[error(transparent)]
+    Ops(#[from] ops::Error),
     #[error(transparent)]
     Tunnel(#[from] tunnel_proto::Error),
     #[error("TLS: {0}")]

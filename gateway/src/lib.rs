@@ -117,6 +117,9 @@ impl Gateway {
     /// Validates the config, binds the listeners and starts serving.
     pub async fn start(config: GatewayConfig) -> Result<Gateway> {
         let config = config.validate()?;
+        // Keys, tokens and the identity store live here: private whatever
+        // the umask (an existing dir keeps its mode).
+        ops::fs::ensure_private_dir(&config.data_dir)?;
         let keys = match &config.authorized_keys {
             Some(path) => AuthorizedKeys::load(path)?,
             None => AuthorizedKeys::default(),
@@ -128,7 +131,9 @@ impl Gateway {
             tracing::warn!("no authorized relay keys: no relay can connect until one is added");
         }
         let registry = Arc::new(Registry::new(authority));
-        let admin_token = admin::AdminToken::load_or_create(&config.data_dir)?;
+        // The token exists before the admin port accepts, so a client that
+        // sees the port open can always read it.
+        let admin_token = ops::AdminToken::load_or_create(&config.data_dir)?;
         let registered: certs::Registered = {
             let registry = registry.clone();
             // An ACME order spends CA rate limits; a dev certificate is free.
@@ -167,8 +172,8 @@ impl Gateway {
             None => None,
         };
         let http_addr = http.as_ref().map(|l| l.local_addr()).transpose()?;
-        let admin = bind_tcp(config.admin_listen, "admin")?;
-        let admin_addr = admin.local_addr()?;
+        let admin = ops::AdminListener::bind(config.admin_listen, config.dangerous_admin_public, "gateway").await?;
+        let admin_addr = admin.local_addr();
         let endpoint = tunnel_proto::quic::server_endpoint(udp, quic_cfg)?;
 
         let tunnel_permits = Arc::new(tokio::sync::Semaphore::new(config.max_relay_tunnels));

@@ -1,90 +1,47 @@
 //! A client for the relay's admin API, used by the `routehub routes` CLI
-//! and by tests.
+//! and by tests: the relay's routes, history and status, typed, over
+//! `ops::AdminClient`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http::{Method, StatusCode};
+use ops::{AdminToken, TokenLookup};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::admin::TOKEN_FILE;
 use crate::error::{Error, Result};
 use crate::model::{Change, HealthStatus, NewRoute, Route, RoutePatch};
 
-/// Time for one admin call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Environment variable that may hold the relay's admin token itself.
+pub const TOKEN_ENV: &str = "ROUTEHUB_ADMIN_TOKEN";
 
-/// An admin API error: the status and the API's message.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-#[derive(Clone)]
+/// The relay's admin API, typed.
+#[derive(Clone, Debug)]
 pub struct AdminClient {
-    base: String,
-    token: String,
-    http: Client<HttpConnector, Full<Bytes>>,
+    api: ops::AdminClient,
 }
 
-/// Finds the admin token: `--token-file`, else `ROUTEHUB_ADMIN_TOKEN`, else
-/// the relay's data dir, else the demo's.
-pub fn find_token(explicit: Option<&Path>, data_dir: Option<&Path>) -> Result<String> {
-    if let Some(path) = explicit {
-        return read_token(path);
-    }
-    if let Ok(t) = std::env::var("ROUTEHUB_ADMIN_TOKEN")
-        && !t.trim().is_empty()
-    {
-        return Ok(t.trim().to_owned());
-    }
-    let candidates: Vec<PathBuf> = match data_dir {
-        Some(d) => vec![d.join(TOKEN_FILE)],
-        None => vec![
-            certs::fs::default_data_dir("relay").join(TOKEN_FILE),
-            certs::fs::default_data_dir("demo").join("relay").join(TOKEN_FILE),
-        ],
+/// Finds the relay's admin token: `--token-file`, else
+/// `ROUTEHUB_ADMIN_TOKEN`, else the relay's data dir, else the demo's.
+pub fn find_token(explicit: Option<&Path>, data_dir: Option<&Path>) -> Result<AdminToken> {
+    let default_dirs: [PathBuf; 2] = [
+        ops::fs::default_data_dir("relay"),
+        ops::fs::default_data_dir("demo").join("relay"),
+    ];
+    let lookup = TokenLookup {
+        role: "relay",
+        env: TOKEN_ENV,
+        default_dirs: &default_dirs,
     };
-    for c in &candidates {
-        if c.exists() {
-            return read_token(c);
-        }
-    }
-    let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-    Err(Error::Config {
-        path: candidates.first().cloned().unwrap_or_default(),
-        message: format!(
-            "no admin token found (tried {}); is a relay running? use --token-file",
-            tried.join(", ")
-        ),
-    })
-}
-
-fn read_token(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map(|t| t.trim().to_owned())
-        .map_err(|e| Error::Config {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+    Ok(ops::find_token(explicit, data_dir, &lookup)?)
 }
 
 impl AdminClient {
     /// `base` like `http://127.0.0.1:7070`.
-    pub fn new(base: &str, token: String) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    pub fn new(base: &str, token: AdminToken) -> Self {
         AdminClient {
-            base: base.trim_end_matches('/').to_owned(),
-            token,
-            http: Client::builder(TokioExecutor::new()).build(connector),
+            api: ops::AdminClient::new(base, token),
         }
     }
 
@@ -96,56 +53,20 @@ impl AdminClient {
         body: Option<Bytes>,
         auth: bool,
     ) -> Result<(StatusCode, Value)> {
-        let mut req = Request::builder().method(method).uri(format!("{}{path}", self.base));
-        if auth {
-            req = req.header(http::header::AUTHORIZATION, format!("Bearer {}", self.token));
-        }
-        if body.is_some() {
-            req = req.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        let req = req
-            .body(Full::new(body.unwrap_or_default()))
-            .map_err(|e| Error::Invalid(e.to_string()))?;
-        let unreachable = |e: String| Error::GatewayAddr {
-            addr: self.base.clone(),
-            reason: e,
-        };
-        let resp = tokio::time::timeout(CALL_TIMEOUT, self.http.request(req))
-            .await
-            .map_err(|_| unreachable("the admin API did not answer in time".into()))?
-            .map_err(|e| {
-                unreachable(format!(
-                    "can't reach the relay's admin API ({e}); is the relay running?"
-                ))
-            })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?
-            .to_bytes();
-        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok((status, json))
+        Ok(self.api.raw(method, path, body, auth).await?)
     }
 
+    /// A call whose error statuses become the relay's own errors.
     async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> Result<T> {
-        let body = body.map(|b| Bytes::from(b.to_string()));
-        let (status, json) = self.raw(method, path, body, true).await?;
-        if !status.is_success() {
-            let message = json
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("no details")
-                .to_owned();
-            return Err(match status {
+        self.api.call(method, path, body).await.map_err(|e| match e {
+            ops::Error::Api { status, message } => match status {
                 StatusCode::NOT_FOUND => Error::NotFound(message),
                 StatusCode::CONFLICT => Error::Conflict(message),
                 StatusCode::UNAUTHORIZED => Error::Invalid(format!("the admin token was refused: {message}")),
                 _ => Error::Invalid(format!("{status}: {message}")),
-            });
-        }
-        serde_json::from_value(json).map_err(|e| Error::Invalid(format!("unexpected answer: {e}")))
+            },
+            other => Error::Ops(other),
+        })
     }
 
     pub async fn routes(&self) -> Result<Vec<Route>> {

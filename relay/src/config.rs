@@ -1,10 +1,11 @@
-//! Relay configuration: a TOML file and/or flags, same fields.
+//! Relay configuration: a TOML file and/or flags, same fields (the flags
+//! are laid over the file by `ops::overlay`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use http::Uri;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -46,32 +47,24 @@ impl Default for RelayConfig {
     fn default() -> Self {
         RelayConfig {
             gateways: Vec::new(),
-            key: certs::fs::default_data_dir("relay").join("relay.key"),
+            key: ops::fs::default_data_dir("relay").join("relay.key"),
             ca: None,
             server_name: None,
             routes: Vec::new(),
             drain_timeout_secs: 10,
             transport: Default::default(),
             quic_retry_secs: 30,
-            data_dir: certs::fs::default_data_dir("relay"),
+            data_dir: ops::fs::default_data_dir("relay"),
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.into()),
             dangerous_admin_public: false,
         }
     }
 }
 
-impl RelayConfig {
-    /// Reads a TOML file; unknown keys are errors.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        certs::fs::read_toml(path).map_err(|message| Error::Config {
-            path: path.into(),
-            message,
-        })
-    }
-}
-
-/// One route: requests for `host` under `path` go to `target`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// One route: requests for `host` under `path` go to `target`. Serialises
+/// to the `[[route]]` entry it reads from, so `--route` flags can be laid
+/// over a config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub host: String,
@@ -82,7 +75,7 @@ pub struct RouteConfig {
     pub priority: i32,
     /// Access policy the gateway enforces (`null`/absent: public), e.g.
     /// `{"auth": "jwt", "project": "acme/web", "role": "viewer"}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub policy: serde_json::Value,
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::{Instant, sleep, timeout, timeout_at};
 use tunnel_proto::handshake::{ClientEvent, ClientHandshake};
 use tunnel_proto::io::{expect_frame, write_frame};
@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::session::GatewayAddr;
 
 /// Which transports a relay may use.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportMode {
     /// Race QUIC and TCP, prefer QUIC, fall back and come back automatically.

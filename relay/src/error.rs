@@ -15,6 +15,9 @@ pub enum Error {
     Tunnel(#[from] tunnel_proto::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    /// The admin token, the admin listener, the admin client or a file write.
+    #[error(transparent)]
+    Ops(#[from] ops::Error),
     #[error("store: {0}")]
     Store(String),
     #[error("{0} not found")]
@@ -35,6 +38,7 @@ impl Error {
             Error::Tunnel(e) => e.is_retryable(),
             Error::Io(_) | Error::GatewayAddr { .. } => true,
             Error::Connect { retryable, .. } => *retryable,
+            Error::Ops(e) => e.is_retryable(),
             _ => false,
         }
     }

@@ -71,10 +71,7 @@ impl Relay {
             .map(|g| GatewayAddr::parse(g.trim(), config.server_name.as_deref()))
             .collect::<Result<Vec<_>>>()?;
         let key = RelayKey::load(&config.key)?;
-        certs::fs::ensure_private_dir(&config.data_dir).map_err(|e| Error::Config {
-            path: config.data_dir.clone(),
-            message: e.to_string(),
-        })?;
+        ops::fs::ensure_private_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join(STORE_FILE))?;
         let added = store
             .seed(config.routes.iter().map(RouteConfig::to_new_route).collect())
@@ -111,16 +108,15 @@ impl Relay {
             Some(addr) => {
                 // The token exists before the port accepts, so a client that
                 // sees the port open can always read it.
-                let token = admin::load_or_create_token(&config.data_dir)?;
-                let listener = admin::bind(addr, config.dangerous_admin_public).await?;
-                let local = listener.local_addr()?;
+                let token = ops::AdminToken::load_or_create(&config.data_dir)?;
+                let listener = ops::AdminListener::bind(addr, config.dangerous_admin_public, "relay").await?;
+                let local = listener.local_addr();
                 let admin = Arc::new(admin::Admin {
                     store: store.clone(),
                     token,
                     status: status.clone(),
                     shutdown: shared.shutdown.clone(),
                     feeds: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EVENT_CLIENTS)),
-                    connections: Arc::new(tokio::sync::Semaphore::new(admin::MAX_ADMIN_CONNECTIONS)),
                 });
                 tokio::spawn(admin::serve(listener, admin));
                 tracing::info!(admin = %local, "admin API and dashboard listening");

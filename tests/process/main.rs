@@ -1,6 +1,8 @@
 //! Routehub as real processes: kill -9, SIGTERM drains, SIGSTOP (a laptop
 //! asleep), the command line.
 
+mod gateway_setup;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -496,8 +498,8 @@ async fn admin_client(data_dir: &Path, port: u16) -> relay::client::AdminClient 
     })
     .await;
     assert!(up.is_some(), "admin API never came up");
-    let token = std::fs::read_to_string(data_dir.join("admin.token")).unwrap();
-    relay::client::AdminClient::new(&format!("http://127.0.0.1:{port}"), token.trim().to_owned())
+    let token = ops::AdminToken::read(&data_dir.join(ops::TOKEN_FILE)).unwrap();
+    relay::client::AdminClient::new(&format!("http://127.0.0.1:{port}"), token)
 }
 
 #[tokio::test]

@@ -351,7 +351,7 @@ impl TestNet {
         body: Option<serde_json::Value>,
         with_token: bool,
     ) -> Result<(u16, serde_json::Value)> {
-        let token = std::fs::read_to_string(self.gateway.data_dir().join(gateway::admin::TOKEN_FILE))?;
+        let token = std::fs::read_to_string(self.gateway.data_dir().join(ops::TOKEN_FILE))?;
         let tcp = tokio::net::TcpStream::connect(self.gateway.admin_addr()).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
         tokio::spawn(conn);

@@ -373,6 +373,102 @@ async fn admin_api_needs_its_token() {
     assert_eq!(w.net.admin_get("/healthz").await.unwrap(), "ok\n");
 }
 
+/// A kept-alive connection to `addr` that got a 200 for `GET path` with
+/// `authorization` (so it holds one of the admin listener's permits).
+async fn admin_conn(
+    addr: std::net::SocketAddr,
+    path: &str,
+    authorization: Option<&str>,
+) -> Option<hyper::client::conn::http1::SendRequest<harness::client::ReqBody>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", "admin");
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    let resp = send.send_request(req.body(empty()).ok()?).await.ok()?;
+    (resp.status() == 200).then_some(send)
+}
+
+#[tokio::test]
+async fn the_gateway_admin_api_takes_the_bearer_scheme_in_any_case() {
+    let net = TestNet::builder().start().await.unwrap();
+    let token = ops::AdminToken::read(&net.gateway.data_dir().join(ops::TOKEN_FILE)).unwrap();
+    let addr = net.gateway.admin_addr();
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let value = format!("{scheme} {}", token.secret());
+        assert!(
+            admin_conn(addr, "/v1/orgs", Some(&value)).await.is_some(),
+            "RFC 9110: the scheme {scheme:?} is case-insensitive"
+        );
+    }
+    assert!(
+        admin_conn(addr, "/v1/orgs", Some(&format!("Basic {}", token.secret())))
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_admin_listener_closes_connections_past_its_cap() {
+    let net = TestNet::builder().start().await.unwrap();
+    let addr = net.gateway.admin_addr();
+    let mut held = Vec::new();
+    for n in 0..ops::MAX_ADMIN_CONNECTIONS {
+        held.push(
+            admin_conn(addr, "/healthz", None)
+                .await
+                .unwrap_or_else(|| panic!("connection {n}")),
+        );
+    }
+    // One more is closed without an answer.
+    let over = tokio::time::timeout(Duration::from_secs(5), admin_conn(addr, "/healthz", None))
+        .await
+        .expect("closed at once, not left hanging");
+    assert!(
+        over.is_none(),
+        "connection {} was served",
+        ops::MAX_ADMIN_CONNECTIONS + 1
+    );
+    // Once one ends, a new connection is served again.
+    held.pop();
+    let served = wait_until(WITHIN, || async move {
+        admin_conn(addr, "/healthz", None).await.map(|_| ())
+    })
+    .await;
+    assert!(served.is_some(), "the permit came back");
+}
+
+#[tokio::test]
+async fn the_gateway_admin_listener_stays_on_loopback_unless_forced() {
+    harness::init();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway::GatewayConfig {
+        data_dir: dir.path().join("gw"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "0.0.0.0:0".parse().unwrap(),
+        http_listen: gateway::config::HttpListen::Off,
+        ..Default::default()
+    };
+    let err = gateway::Gateway::start(config.clone())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("0.0.0.0:0 is not a loopback address") && err.contains("dangerous_admin_public"),
+        "{err}"
+    );
+    config.dangerous_admin_public = true;
+    let gw = gateway::Gateway::start(config).await.expect("allowed when forced");
+    assert!(gw.admin_addr().ip().is_unspecified());
+    gw.shutdown();
+    gw.wait().await;
+}
+
 /// A CA (PEM) and a client certificate it issued for `cn` (chain, key).
 fn client_ca(
     cn: &str,

@@ -14,7 +14,7 @@ const SOON: Duration = Duration::from_secs(5);
 
 fn admin(relay: &relay::Relay, net_dir: &std::path::Path, n: usize) -> AdminClient {
     let addr = relay.admin_addr().expect("admin listener");
-    let token = relay::admin::load_or_create_token(&net_dir.join(format!("relay-{n}"))).unwrap();
+    let token = ops::AdminToken::load_or_create(&net_dir.join(format!("relay-{n}"))).unwrap();
     AdminClient::new(&format!("http://{addr}"), token)
 }
 
@@ -183,7 +183,7 @@ async fn relay_restart_keeps_the_store_and_resyncs() {
     let config = net.relay_config("a", routes(&[("app.site.test", &backend.url())]));
     let relay = relay::Relay::start(config.clone()).await.unwrap();
     relay.wait_ready(1, SOON).await.unwrap();
-    let token = relay::admin::load_or_create_token(&config.data_dir).unwrap();
+    let token = ops::AdminToken::load_or_create(&config.data_dir).unwrap();
     let api = AdminClient::new(&format!("http://{}", relay.admin_addr().unwrap()), token);
     api.add(&new_route("two.site.test", "/", &backend.url()), true)
         .await
@@ -371,7 +371,7 @@ async fn the_event_feed_streams_changes() {
     let backend = Backend::start().await;
     let net = net_with_relay(&backend).await;
     let relay = &net.relays[0];
-    let token = relay::admin::load_or_create_token(&net.dir.path().join("relay-0")).unwrap();
+    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
     let tcp = tokio::net::TcpStream::connect(relay.admin_addr().unwrap())
         .await
         .unwrap();
@@ -381,7 +381,7 @@ async fn the_event_feed_streams_changes() {
     tokio::spawn(conn);
     let req = http::Request::get("/api/events")
         .header("host", "admin")
-        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {}", token.secret()))
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
     let resp = send.send_request(req).await.unwrap();
@@ -502,7 +502,7 @@ async fn editing_the_target_keeps_the_health_check_and_null_removes_the_policy()
 async fn start_ready(config: relay::RelayConfig) -> (relay::Relay, AdminClient) {
     let relay = relay::Relay::start(config.clone()).await.unwrap();
     relay.wait_ready(1, SOON).await.unwrap();
-    let token = relay::admin::load_or_create_token(&config.data_dir).unwrap();
+    let token = ops::AdminToken::load_or_create(&config.data_dir).unwrap();
     let api = AdminClient::new(&format!("http://{}", relay.admin_addr().unwrap()), token);
     (relay, api)
 }

@@ -19,11 +19,15 @@ async fn add_a_route_through_the_dashboard_form_and_see_it_listed_and_live() {
         .await
         .unwrap();
     let relay = &net.relays[0];
-    let token = relay::admin::load_or_create_token(&net.dir.path().join("relay-0")).unwrap();
+    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
     let mut page = browser.page().await.unwrap();
-    page.navigate(&format!("http://{}/#token={token}", relay.admin_addr().unwrap()))
-        .await
-        .unwrap();
+    page.navigate(&format!(
+        "http://{}/#token={}",
+        relay.admin_addr().unwrap(),
+        token.secret()
+    ))
+    .await
+    .unwrap();
 
     // The page lists the seeded route and shows the gateway as connected.
     let listed = page

@@ -4,7 +4,6 @@
 //! rename, fsync the directory), so a crash leaves the old or the new
 //! document, never half of one.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::model::IdentityDoc;
@@ -60,26 +59,12 @@ impl IdentityStore for FileIdentityStore {
 
     fn save(&self, doc: &IdentityDoc) -> Result<()> {
         let dir = self.path.parent().ok_or_else(|| self.err("no parent directory"))?;
-        std::fs::create_dir_all(dir).map_err(|e| self.err(e))?;
-        let json = serde_json::to_vec_pretty(doc).map_err(|e| self.err(e))?;
-        let tmp = dir.join(format!(".{IDENTITY_FILE}.tmp"));
-        let write = || -> std::io::Result<()> {
-            let mut opts = std::fs::OpenOptions::new();
-            opts.write(true).create(true).truncate(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-            let mut f = opts.open(&tmp)?;
-            f.write_all(&json)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
-            // The rename itself must survive a crash.
-            std::fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            self.err(e)
-        })
+        // ops errors name the path already.
+        let failed = |e: ops::Error| Error::Identity(e.to_string());
+        ops::fs::ensure_private_dir(dir).map_err(failed)?;
+        let mut json = serde_json::to_vec_pretty(doc).map_err(|e| self.err(e))?;
+        json.push(b'\n');
+        ops::fs::write_atomic(&self.path, &json, ops::fs::Access::Private).map_err(failed)
     }
 }
 
@@ -96,7 +81,11 @@ mod tests {
         doc.add_org("acme", None, None).unwrap();
         store.save(&doc).unwrap();
         assert_eq!(store.load().unwrap(), doc);
-        assert!(!dir.path().join(format!(".{IDENTITY_FILE}.tmp")).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left behind"
+        );
         std::fs::write(store.path(), r#"{"orgs":{},"typo":1}"#).unwrap();
         assert!(store.load().is_err(), "unknown keys are errors");
         std::fs::write(store.path(), r#"{"hosts":{"a.test":"ghost"}}"#).unwrap();

@@ -1,13 +1,13 @@
-//! The relay's admin listener: JSON API over the store, a live event feed
-//! (Server-Sent Events), the OpenAPI description and the dashboard. Every
-//! `/api` call needs the bearer token from `admin.token` in the data dir;
-//! the listener stays on loopback unless `dangerous_admin_public`.
+//! What the relay's admin listener serves: JSON API over the store, a live
+//! event feed (Server-Sent Events), the OpenAPI description and the
+//! dashboard. Every `/api` call needs the bearer token from `admin.token` in
+//! the data dir. The listener itself (loopback unless
+//! `dangerous_admin_public`, connection cap, timeouts) is
+//! `ops::AdminListener`.
 
 mod api;
 mod endpoints;
-mod token;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,30 +15,23 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use ops::{AdminListener, AdminToken, MAX_ADMIN_CONNECTIONS};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::session::Status;
 use crate::store::Store;
 use endpoints::Endpoint;
-
-pub use token::{TOKEN_FILE, load_or_create_token};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Largest request body the API reads.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Event-feed clients at once.
+/// Event-feed clients at once; below the listener's connection cap, so
+/// feeds alone can't take every connection.
 pub const MAX_EVENT_CLIENTS: usize = 64;
-/// Connections the admin listener serves at once (event feeds included);
-/// past it new connections are closed at once, so a client that opens and
-/// holds many can't exhaust the relay's memory or file descriptors.
-pub const MAX_ADMIN_CONNECTIONS: usize = 128;
 const _: () = assert!(MAX_EVENT_CLIENTS < MAX_ADMIN_CONNECTIONS);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -46,66 +39,16 @@ const OPENAPI: &str = include_str!("openapi.json");
 
 pub(crate) struct Admin {
     pub store: Store,
-    pub token: String,
+    pub token: AdminToken,
     pub status: watch::Receiver<Status>,
     pub shutdown: CancellationToken,
     pub feeds: Arc<Semaphore>,
-    /// [`MAX_ADMIN_CONNECTIONS`] permits, one per open connection.
-    pub connections: Arc<Semaphore>,
 }
 
-/// Binds the admin listener, refusing a non-loopback address unless allowed.
-pub(crate) async fn bind(addr: SocketAddr, allow_public: bool) -> Result<TcpListener> {
-    if !addr.ip().is_loopback() && !allow_public {
-        return Err(Error::Config {
-            path: "admin_listen".into(),
-            message: format!(
-                "{addr} is not a loopback address; the admin API changes your routes. \
-                 Set dangerous_admin_public to expose it anyway"
-            ),
-        });
-    }
-    if !addr.ip().is_loopback() {
-        tracing::warn!(%addr, "admin API exposed beyond loopback (dangerous_admin_public)");
-    }
-    TcpListener::bind(addr).await.map_err(|e| Error::Config {
-        path: "admin_listen".into(),
-        message: format!("{addr}: {e}"),
-    })
-}
-
-pub(crate) async fn serve(listener: TcpListener, admin: Arc<Admin>) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = admin.shutdown.cancelled() => break,
-        };
-        let Ok(permit) = admin.connections.clone().try_acquire_owned() else {
-            tracing::debug!("admin connection refused: {MAX_ADMIN_CONNECTIONS} already open");
-            drop(tcp);
-            continue;
-        };
-        let admin = admin.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(admin, req).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(tcp), service)
-                .await;
-        });
-    }
+/// Serves the admin API on `listener` until the relay shuts down.
+pub(crate) async fn serve(listener: AdminListener, admin: Arc<Admin>) {
+    let shutdown = admin.shutdown.clone();
+    listener.serve(shutdown, move |req| handle(admin.clone(), req)).await;
 }
 
 pub(crate) fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
@@ -144,7 +87,7 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
     let Some(endpoint) = Endpoint::find(&path) else {
         return error_response(StatusCode::NOT_FOUND, format!("no such page: {path}"));
     };
-    if endpoint.needs_token() && !token::authorized(&req, &admin.token) {
+    if endpoint.needs_token() && !admin.token.admits(&req) {
         return error_response(
             StatusCode::UNAUTHORIZED,
             "a valid bearer token is required (admin.token in the relay's data dir)",
@@ -185,13 +128,14 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
 mod tests {
     use super::*;
     use crate::client::AdminClient;
-    use std::time::Duration;
+    use hyper_util::rt::TokioIo;
+    use std::net::SocketAddr;
 
     /// An admin listener over a fresh store, as `Relay::start` runs it.
     pub(super) struct Running {
         pub addr: SocketAddr,
         pub api: AdminClient,
-        pub token: String,
+        pub token: AdminToken,
         pub store: Store,
         _status: watch::Sender<Status>,
         _dir: tempfile::TempDir,
@@ -200,9 +144,12 @@ mod tests {
     pub(super) async fn start(max_connections: usize) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("r.db")).unwrap();
-        let token = load_or_create_token(dir.path()).unwrap();
-        let listener = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let token = AdminToken::load_or_create(dir.path()).unwrap();
+        let listener = AdminListener::bind("127.0.0.1:0".parse().unwrap(), false, "relay")
+            .await
+            .unwrap()
+            .with_max_connections(max_connections);
+        let addr = listener.local_addr();
         let (status_tx, status) = watch::channel(Status::new());
         let admin = Arc::new(Admin {
             store: store.clone(),
@@ -210,7 +157,6 @@ mod tests {
             status,
             shutdown: CancellationToken::new(),
             feeds: Arc::new(Semaphore::new(MAX_EVENT_CLIENTS)),
-            connections: Arc::new(Semaphore::new(max_connections)),
         });
         tokio::spawn(serve(listener, admin));
         Running {
@@ -221,54 +167,6 @@ mod tests {
             _status: status_tx,
             _dir: dir,
         }
-    }
-
-    type Conn = hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>;
-
-    /// A kept-alive connection that got an answer (so it holds a permit).
-    async fn open(addr: SocketAddr) -> Option<(Conn, tokio::task::JoinHandle<()>)> {
-        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.ok()?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = Request::get("/healthz")
-            .header(header::HOST, "admin")
-            .body(http_body_util::Empty::new())
-            .ok()?;
-        let resp = send.send_request(req).await.ok()?;
-        (resp.status() == StatusCode::OK).then_some((send, task))
-    }
-
-    #[tokio::test]
-    async fn connections_past_the_cap_are_closed_until_one_ends() {
-        let running = start(2).await;
-        let first = open(running.addr).await.expect("first");
-        let _second = open(running.addr).await.expect("second");
-        // The third is closed without an answer.
-        let mut third = tokio::net::TcpStream::connect(running.addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(
-            Duration::from_secs(5),
-            tokio::io::AsyncReadExt::read(&mut third, &mut buf),
-        )
-        .await
-        .expect("closed at once, not left hanging");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-        // Once one ends, a new connection is served again.
-        drop(first.0);
-        first.1.abort();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        let served = loop {
-            if open(running.addr).await.is_some() {
-                break true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                break false;
-            }
-            tokio::task::yield_now().await;
-        };
-        assert!(served, "the permit came back");
     }
 
     #[tokio::test]
@@ -313,7 +211,7 @@ mod tests {
         addr: SocketAddr,
         method: &Method,
         path: &str,
-        token: Option<&str>,
+        token: Option<&AdminToken>,
     ) -> (StatusCode, http::HeaderMap, serde_json::Value) {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
@@ -323,7 +221,7 @@ mod tests {
             .uri(path)
             .header(header::HOST, "admin");
         if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("bearer {t}"));
+            req = req.header(header::AUTHORIZATION, format!("bearer {}", t.secret()));
         }
         let resp = send
             .send_request(req.body(Full::new(Bytes::new())).unwrap())

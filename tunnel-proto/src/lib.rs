@@ -5,6 +5,7 @@
 //! async streams, [`tunnel`] gives one `Tunnel` over QUIC ([`quic`]) or
 //! TCP+TLS with HTTP/2 framing ([`tcp`]), and [`limits`] names every bound.
 
+pub mod control;
 pub mod error;
 pub mod frame;
 pub mod handshake;
@@ -17,6 +18,7 @@ pub mod path;
 pub mod quic;
 pub mod routes;
 pub mod splice;
+pub mod sync;
 pub mod tcp;
 pub mod tls;
 pub mod tunnel;

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::pool::TunnelConn;
-use crate::registry::{Session, StreamGuard};
+use crate::session::{Session, StreamGuard};
 
 /// Where a client's request body goes when the tunnel connection carrying
 /// it fails before the body is done. On h2, a request body dropped

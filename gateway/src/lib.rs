@@ -11,7 +11,9 @@ pub mod admin;
 pub mod authorized_keys;
 mod body;
 pub mod config;
+mod control;
 pub mod error;
+mod handshake;
 pub mod headers;
 mod http_listener;
 mod listener;
@@ -19,8 +21,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod registry;
-mod session;
-pub mod sync;
+pub mod session;
 mod table;
 
 use std::net::SocketAddr;
@@ -194,7 +195,7 @@ impl Gateway {
         });
 
         tokio::spawn(listener::accept_tcp(tcp, state.clone()));
-        tokio::spawn(session::accept_quic(endpoint.clone(), state.clone()));
+        tokio::spawn(handshake::accept_quic(endpoint.clone(), state.clone()));
         tokio::spawn(admin::serve(admin, state.clone()));
         if let Some(http) = http {
             tokio::spawn(http_listener::serve(http, state.clone()));
@@ -266,8 +267,8 @@ impl Gateway {
             .sessions()
             .iter()
             .map(|s| {
-                let st = s.routes_state();
-                (st.version, st.checksum)
+                let (version, checksum, _) = s.received();
+                (version, checksum)
             })
             .collect()
     }

@@ -22,7 +22,7 @@ use tunnel_proto::limits::{ALPN, MAX_HTTP_HEAD};
 
 use crate::headers::HeadBudget;
 use crate::proxy::{self, ConnInfo};
-use crate::{State, session};
+use crate::{State, handshake};
 
 /// Time for a client to complete the TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -101,7 +101,7 @@ pub(crate) async fn accept_tcp(listener: TcpListener, state: Arc<State>) {
                         tokio::spawn(
                             async move {
                                 let _permits = (permit, tunnel_permit);
-                                session::serve(tunnel, state, deadline).await
+                                handshake::serve(tunnel, state, deadline).await
                             }
                             .instrument(span),
                         );

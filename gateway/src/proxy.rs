@@ -29,7 +29,8 @@ use crate::headers::{
 };
 use crate::metrics::{AuthLabel, CodeLabel, OutcomeLabel};
 use crate::pool::{self, TunnelBody, TunnelConn};
-use crate::registry::{Lookup, Routed, Session};
+use crate::registry::{Lookup, Routed};
+use crate::session::Session;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Body of every response the gateway sends.

@@ -2,163 +2,18 @@
 //! [`crate::table`]).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tunnel_proto::limits::MAX_ROUTES_PER_SESSION;
 use tunnel_proto::path::RequestPath;
-use tunnel_proto::{HostPattern, PublicKey, RoutePolicy, RouteSpec, Tunnel};
+use tunnel_proto::{HostPattern, PublicKey, RoutePolicy, RouteSpec};
 
 use crate::access::Authority;
-use crate::pool::{ConnPool, TunnelConn};
-use crate::sync::{Applied, RouteState};
+use crate::session::Session;
 use crate::table::{Candidate, Pick, RouteTable, TableIndex};
-use tunnel_proto::{Frame, Refused, RoutesUpdate};
-
-/// One authenticated relay connection.
-#[derive(Debug)]
-pub struct Session {
-    pub id: u64,
-    pub key: PublicKey,
-    /// The relay process (see `Hello::instance`).
-    pub instance: u64,
-    pub tunnel: Tunnel,
-    /// Idle HTTP connections over this tunnel's streams.
-    pub pool: ConnPool,
-    draining: AtomicBool,
-    /// The routes served (authorized), and the relay's version they come
-    /// from; both change only under the registry's sessions lock.
-    routes: Mutex<Vec<RouteSpec>>,
-    routes_version: AtomicU64,
-    /// The routes in the table now, by host pattern (none while draining).
-    published: Mutex<HashMap<HostPattern, Vec<RouteSpec>>>,
-    /// The relay's route set as received (before authorization).
-    route_state: Mutex<RouteState>,
-    /// Route ids failing their health check on the relay.
-    unhealthy: Mutex<std::collections::BTreeSet<u64>>,
-    /// Streams in flight; a draining session closes when this reaches 0.
-    active: AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// How long a finished connection may take to become ready for the next
-/// request before it is closed instead of pooled.
-const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Counts one stream of a session (and the global gauge) until dropped.
-pub struct StreamGuard {
-    session: Arc<Session>,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl Drop for StreamGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        if self.session.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.session.idle.notify_waiters();
-        }
-    }
-}
-
-impl Session {
-    pub fn new(id: u64, key: PublicKey, instance: u64, tunnel: Tunnel) -> Self {
-        Session {
-            id,
-            key,
-            instance,
-            tunnel,
-            pool: ConnPool::default(),
-            draining: AtomicBool::new(false),
-            routes: Mutex::new(Vec::new()),
-            routes_version: AtomicU64::new(0),
-            published: Mutex::new(HashMap::new()),
-            route_state: Mutex::new(RouteState::new()),
-            unhealthy: Mutex::new(Default::default()),
-            active: AtomicUsize::new(0),
-            idle: tokio::sync::Notify::new(),
-        }
-    }
-
-    /// The route set as received from the relay (hold briefly).
-    pub fn routes_state(&self) -> std::sync::MutexGuard<'_, RouteState> {
-        self.route_state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks a stream in flight until the guard drops.
-    pub fn stream_guard(self: &Arc<Self>, gauge: &prometheus_client::metrics::gauge::Gauge) -> StreamGuard {
-        self.active.fetch_add(1, Ordering::AcqRel);
-        gauge.inc();
-        StreamGuard {
-            session: self.clone(),
-            gauge: gauge.clone(),
-        }
-    }
-
-    /// Resolves once no stream is in flight.
-    pub async fn wait_idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.active.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Gives a connection whose response is done back to the pool, once
-    /// it is ready for the next request (at once, nearly always).
-    pub fn release(self: &Arc<Self>, route_id: u64, conn: TunnelConn) {
-        // Idle, it would hold a stream that an open is waiting for.
-        if !self.is_usable() || conn.sender.is_closed() || self.tunnel.streams_wanted() {
-            return;
-        }
-        if conn.sender.is_ready() {
-            return self.pool.put(route_id, conn);
-        }
-        // Still finishing the request body, or the connection task has not
-        // seen the end of the response yet.
-        let session = self.clone();
-        tokio::spawn(async move {
-            let mut conn = conn;
-            let ready = std::future::poll_fn(|cx| conn.sender.poll_ready(cx));
-            if let Ok(Ok(())) = tokio::time::timeout(RELEASE_WAIT, ready).await
-                && !session.tunnel.streams_wanted()
-            {
-                session.pool.put(route_id, conn);
-            }
-        });
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn is_usable(&self) -> bool {
-        !self.is_draining() && !self.tunnel.is_closed()
-    }
-
-    /// The routes served (authorized).
-    pub(crate) fn routes(&self) -> std::sync::MutexGuard<'_, Vec<RouteSpec>> {
-        self.routes.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The routes in the table now, by host pattern.
-    pub(crate) fn published(&self) -> std::sync::MutexGuard<'_, HashMap<HostPattern, Vec<RouteSpec>>> {
-        self.published.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records what the table holds of this session now; returns what it held.
-    pub(crate) fn publish(&self, now: HashMap<HostPattern, Vec<RouteSpec>>) -> HashMap<HostPattern, Vec<RouteSpec>> {
-        std::mem::replace(&mut *self.published(), now)
-    }
-
-    pub(crate) fn unhealthy_routes(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
-        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use tunnel_proto::Refused;
 
 /// Where a request goes: a session and the route it serves there.
 #[derive(Debug, Clone)]
@@ -313,11 +168,8 @@ impl Registry {
                 // Read under the sessions lock: a route update applied at the
                 // same time publishes after this, never before it with this
                 // older set published last.
-                let (version, specs) = {
-                    let st = session.routes_state();
-                    (st.version, st.specs())
-                };
-                for r in install(all, &session, &keys, version, specs, &mut touched) {
+                let (version, _, specs) = session.received();
+                for r in install(all, &session, &keys, version, specs.to_vec(), &mut touched) {
                     tracing::debug!(host = %r.host, reason = %r.reason, "route not served after an access change");
                 }
             }
@@ -420,6 +272,9 @@ impl Registry {
         let keys = self.keys();
         self.change(|all| match all.get(&id).cloned() {
             Some(session) => {
+                if version >= session.received().0 {
+                    session.set_received(version, Arc::new(routes.clone()));
+                }
                 let mut touched = Vec::new();
                 let rejected = install(all, &session, &keys, version, routes, &mut touched);
                 (rejected, touched)
@@ -454,53 +309,27 @@ impl Registry {
         }
     }
 
-    /// Applies a route update from a session's relay; returns the ack to
-    /// send, if any. Errors are protocol violations.
-    pub fn apply_routes(&self, session: &Arc<Session>, update: RoutesUpdate) -> Result<Option<Frame>, String> {
-        let (applied, version, specs) = {
-            let mut st = session.routes_state();
-            let applied = st.apply(update)?;
-            (applied, st.version, st.specs())
-        };
-        if applied == Applied::Mismatch {
-            tracing::warn!(
-                version,
-                "a route delta misses the relay's checksum: not applied, asking for the whole set"
-            );
-        }
-        match applied {
-            Applied::Pending => Ok(None),
-            // Nothing published: the table keeps the set it had.
-            Applied::Gap | Applied::Mismatch => Ok(Some(Frame::RoutesAck {
-                version,
-                in_sync: false,
-                refused: Vec::new(),
-            })),
-            Applied::Changed { in_sync } => {
-                let count = specs.len();
-                // Capped so the ack fits one frame; the log has them all.
-                let refused = self
-                    .set_routes(session.id, version, specs)
-                    .into_iter()
-                    .enumerate()
-                    .filter_map(|(i, r)| (i < MAX_REFUSED_IN_ACK).then_some(r))
-                    .map(|mut r| {
-                        r.reason = r.reason.chars().take(200).collect();
-                        tracing::warn!(host = %r.host, path = %r.path_prefix, reason = %r.reason, "route refused");
-                        Refused {
-                            route_id: r.id,
-                            reason: r.reason,
-                        }
-                    })
-                    .collect();
-                tracing::debug!(version, count, in_sync, "routes applied");
-                Ok(Some(Frame::RoutesAck {
-                    version,
-                    in_sync,
-                    refused,
-                }))
-            }
-        }
+    /// Installs the route set a session's relay sent (at `version`);
+    /// returns the routes refused, for the relay's ack (capped so the ack
+    /// fits one frame; the log has them all).
+    pub fn install_routes(&self, session: &Session, version: u64, specs: Vec<RouteSpec>) -> Vec<Refused> {
+        let count = specs.len();
+        let refused = self
+            .set_routes(session.id, version, specs)
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| (i < MAX_REFUSED_IN_ACK).then_some(r))
+            .map(|mut r| {
+                r.reason = r.reason.chars().take(200).collect();
+                tracing::warn!(host = %r.host, path = %r.path_prefix, reason = %r.reason, "route refused");
+                Refused {
+                    route_id: r.id,
+                    reason: r.reason,
+                }
+            })
+            .collect();
+        tracing::debug!(version, count, "routes installed");
+        refused
     }
 
     /// Replaces the set of a session's unhealthy routes.
@@ -534,17 +363,15 @@ impl Registry {
     }
 
     /// Makes every session's copy of its routes drift from its relay's
-    /// (drops one route), to test that drift is found and repaired.
+    /// (drops one route now, and from the control session's copy), to
+    /// test that drift is found and repaired.
     pub fn dangerous_forget_a_route(&self) {
         for session in self.sessions() {
-            let (version, specs) = {
-                let mut st = session.routes_state();
-                if let Some(first) = st.specs().first() {
-                    st.forget(first.id);
-                }
-                (st.version, st.specs())
-            };
-            self.set_routes(session.id, version, specs);
+            let (version, _, specs) = session.received();
+            if let Some((_, rest)) = specs.split_first() {
+                self.set_routes(session.id, version, rest.to_vec());
+                session.drift.notify_one();
+            }
         }
     }
 
@@ -591,7 +418,7 @@ mod tests {
     use super::*;
     use crate::access::IdentityDoc;
     use crate::authorized_keys::AuthorizedKeys;
-    use tunnel_proto::{RelayKey, UpdateKind};
+    use tunnel_proto::{RelayKey, Tunnel};
 
     /// A real tunnel over loopback TCP+TLS (a `Session` needs one): the
     /// gateway's end, the relay's end and the dir holding their CA.
@@ -656,31 +483,6 @@ mod tests {
         }
     }
 
-    fn full(version: u64, specs: Vec<RouteSpec>) -> RoutesUpdate {
-        RoutesUpdate {
-            version,
-            base_version: 0,
-            checksum: tunnel_proto::routes::checksum(&specs),
-            kind: UpdateKind::Full {
-                first: true,
-                last: true,
-            },
-            upserts: specs,
-            removes: Vec::new(),
-        }
-    }
-
-    fn delta(version: u64, upserts: Vec<RouteSpec>, removes: Vec<u64>, all: &[RouteSpec]) -> RoutesUpdate {
-        RoutesUpdate {
-            version,
-            base_version: version - 1,
-            checksum: tunnel_proto::routes::checksum(all),
-            kind: UpdateKind::Delta,
-            upserts,
-            removes,
-        }
-    }
-
     fn served(registry: &Registry, id: u64) -> bool {
         matches!(
             registry.lookup(&format!("h{id}.site.test"), &RequestPath::parse("/").unwrap(), None),
@@ -721,18 +523,7 @@ mod tests {
     async fn routes_past_the_session_limit_are_refused_not_the_session() {
         let Fixture { registry, session, .. } = fixture().await;
         let specs: Vec<RouteSpec> = (1..=MAX_ROUTES_PER_SESSION as u64 + 3).map(spec).collect();
-        let ack = registry
-            .apply_routes(&session, full(1, specs))
-            .expect("no protocol error");
-        let Some(Frame::RoutesAck {
-            version,
-            in_sync,
-            refused,
-        }) = ack
-        else {
-            panic!("{ack:?}")
-        };
-        assert_eq!((version, in_sync), (1, true));
+        let refused = registry.install_routes(&session, 1, specs);
         let ids: Vec<u64> = refused.iter().map(|r| r.route_id).collect();
         let newest = MAX_ROUTES_PER_SESSION as u64;
         assert_eq!(
@@ -751,18 +542,13 @@ mod tests {
         let Fixture {
             registry, session, key, ..
         } = fixture().await;
-        registry.apply_routes(&session, full(1, vec![spec(1)])).unwrap();
+        registry.install_routes(&session, 1, vec![spec(1)]);
         // What an access change read just before a route update landed...
-        let stale = {
-            let st = session.routes_state();
-            (st.version, st.specs())
-        };
-        registry
-            .apply_routes(&session, delta(2, vec![spec(2)], vec![1], &[spec(2)]))
-            .unwrap();
+        let (version, _, stale) = session.received();
+        registry.install_routes(&session, 2, vec![spec(2)]);
         assert!(served(&registry, 2) && !served(&registry, 1));
         // ...and published after it: ignored.
-        registry.set_routes(session.id, stale.0, stale.1);
+        registry.set_routes(session.id, version, stale.to_vec());
         assert!(served(&registry, 2), "the newer set stays");
         assert!(!served(&registry, 1), "the removed route does not come back");
         // An access change authorizes the newest set again.
@@ -774,28 +560,6 @@ mod tests {
         assert_eq!(registry.session_count(), 0);
         let closed = tokio::time::timeout(std::time::Duration::from_secs(5), session.tunnel.closed()).await;
         assert!(closed.is_ok(), "the tunnel is closed");
-    }
-
-    #[tokio::test]
-    async fn a_delta_with_a_wrong_checksum_is_not_published_and_asks_for_a_resync() {
-        let Fixture { registry, session, .. } = fixture().await;
-        registry.apply_routes(&session, full(1, vec![spec(1)])).unwrap();
-        let wrong = delta(2, vec![spec(2)], vec![1], &[spec(7)]);
-        let ack = registry.apply_routes(&session, wrong).unwrap();
-        assert_eq!(
-            ack,
-            Some(Frame::RoutesAck {
-                version: 1,
-                in_sync: false,
-                refused: Vec::new()
-            }),
-            "the version held, and a resync asked for"
-        );
-        assert!(served(&registry, 1), "the old table is still served");
-        assert!(!served(&registry, 2));
-        // The resync (a full set) brings the relay's set.
-        registry.apply_routes(&session, full(2, vec![spec(2)])).unwrap();
-        assert!(served(&registry, 2) && !served(&registry, 1));
     }
 
     #[test]

@@ -1,289 +1,170 @@
-//! Relay sessions on the gateway side: accept a tunnel, run the handshake,
-//! then the control loop (heartbeat, routes, GoAway) until the session ends.
+//! One authenticated relay connection as the gateway holds it: its tunnel,
+//! its pool of idle connections, the routes it serves and the streams in
+//! flight on it.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use ring::rand::{SecureRandom, SystemRandom};
-use tokio::time::{Instant as Deadline, sleep_until, timeout, timeout_at};
-use tracing::Instrument;
-use tunnel_proto::handshake::{ServerEvent, ServerHandshake};
-use tunnel_proto::io::{expect_frame, spawn_frame_reader, write_frame, write_frame_within};
-use tunnel_proto::limits::{HANDSHAKE_TIMEOUT, MAX_SESSIONS_PER_KEY, dead_after};
-use tunnel_proto::{Error as ProtoError, Frame, RejectCode, Tunnel, TunnelStream};
+use tunnel_proto::{HostPattern, PublicKey, RouteSpec, Tunnel};
 
-use crate::State;
-use crate::metrics::{OutcomeLabel, TransportLabel};
-use crate::registry::Session;
+use crate::pool::{ConnPool, TunnelConn};
 
-fn random<const N: usize>() -> Result<[u8; N], ProtoError> {
-    let mut out = [0u8; N];
-    SystemRandom::new().fill(&mut out).map_err(|_| ProtoError::Rejected {
-        code: RejectCode::Internal,
-        message: "the gateway's random source failed".into(),
-    })?;
-    Ok(out)
+/// One authenticated relay connection.
+#[derive(Debug)]
+pub struct Session {
+    pub id: u64,
+    pub key: PublicKey,
+    /// The relay process (see `Hello::instance`).
+    pub instance: u64,
+    pub tunnel: Tunnel,
+    /// Idle HTTP connections over this tunnel's streams.
+    pub pool: ConnPool,
+    pub(crate) draining: AtomicBool,
+    /// The routes served (authorized), and the relay's version they come
+    /// from; both change only under the registry's sessions lock.
+    pub(crate) routes: Mutex<Vec<RouteSpec>>,
+    pub(crate) routes_version: AtomicU64,
+    /// The routes in the table now, by host pattern (none while draining).
+    published: Mutex<HashMap<HostPattern, Vec<RouteSpec>>>,
+    /// The relay's route set as received (before authorization): version,
+    /// checksum and routes, what an access change authorizes again.
+    received: Mutex<(u64, [u8; 32], Arc<Vec<RouteSpec>>)>,
+    /// Asks the control session to make its copy of the routes drift
+    /// (tests of drift repair).
+    pub(crate) drift: tokio::sync::Notify,
+    /// Route ids failing their health check on the relay.
+    pub(crate) unhealthy: Mutex<std::collections::BTreeSet<u64>>,
+    /// Streams in flight; a draining session closes when this reaches 0.
+    active: AtomicUsize,
+    idle: tokio::sync::Notify,
 }
 
-/// Accepts QUIC connections until shutdown.
-pub(crate) async fn accept_quic(endpoint: quinn::Endpoint, state: Arc<State>) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i { Some(i) => i, None => break },
-            _ = state.shutdown.cancelled() => break,
-        };
-        // Unauthenticated connections hold memory until their handshake
-        // deadline: count them against the tunnel limit from the start.
-        let Ok(permit) = state.tunnel_permits.clone().try_acquire_owned() else {
-            incoming.refuse();
-            continue;
-        };
-        let state = state.clone();
-        let remote = incoming.remote_address();
-        // One deadline from the first packet to `Welcome`, QUIC handshake
-        // included: an unauthenticated peer holds a slot that long at most.
-        let deadline = Deadline::now() + HANDSHAKE_TIMEOUT;
-        tokio::spawn(
-            async move {
-                let _permit = permit;
-                let connecting = match incoming.accept() {
-                    Ok(c) => c,
-                    Err(e) => return tracing::debug!(error = %e, "QUIC connection refused"),
-                };
-                match timeout_at(deadline, connecting).await {
-                    Ok(Ok(conn)) => serve(Tunnel::from_quic(conn), state, deadline).await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "QUIC handshake failed"),
-                    Err(_) => tracing::debug!("QUIC handshake timed out"),
-                }
+/// How long a finished connection may take to become ready for the next
+/// request before it is closed instead of pooled.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Counts one stream of a session (and the global gauge) until dropped.
+pub struct StreamGuard {
+    session: Arc<Session>,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if self.session.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.session.idle.notify_waiters();
+        }
+    }
+}
+
+impl Session {
+    pub fn new(id: u64, key: PublicKey, instance: u64, tunnel: Tunnel) -> Self {
+        Session {
+            id,
+            key,
+            instance,
+            tunnel,
+            pool: ConnPool::default(),
+            draining: AtomicBool::new(false),
+            routes: Mutex::new(Vec::new()),
+            routes_version: AtomicU64::new(0),
+            published: Mutex::new(HashMap::new()),
+            received: Mutex::new((0, tunnel_proto::routes::checksum([]), Arc::default())),
+            drift: tokio::sync::Notify::new(),
+            unhealthy: Mutex::new(Default::default()),
+            active: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// The route set as received from the relay: version, checksum, routes.
+    pub fn received(&self) -> (u64, [u8; 32], Arc<Vec<RouteSpec>>) {
+        self.received.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_received(&self, version: u64, specs: Arc<Vec<RouteSpec>>) {
+        let checksum = tunnel_proto::routes::checksum(specs.iter());
+        *self.received.lock().unwrap_or_else(|e| e.into_inner()) = (version, checksum, specs);
+    }
+
+    /// Streams in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Marks a stream in flight until the guard drops.
+    pub fn stream_guard(self: &Arc<Self>, gauge: &prometheus_client::metrics::gauge::Gauge) -> StreamGuard {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        gauge.inc();
+        StreamGuard {
+            session: self.clone(),
+            gauge: gauge.clone(),
+        }
+    }
+
+    /// Resolves once no stream is in flight.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.active.load(Ordering::Acquire) == 0 {
+                return;
             }
-            .instrument(tracing::info_span!("relay", %remote, transport = "quic")),
-        );
-    }
-}
-
-/// Runs one relay session to its end. The Routehub handshake must be
-/// done by `deadline`, set when the connection arrived (so the transport's
-/// own handshake counts against [`HANDSHAKE_TIMEOUT`] too).
-pub(crate) async fn serve(tunnel: Tunnel, state: Arc<State>, deadline: Deadline) {
-    match handshake(&tunnel, &state, deadline).await {
-        Ok((session, ctrl)) => {
-            let outcome = OutcomeLabel { outcome: "ok" };
-            state.metrics.handshakes.get_or_create(&outcome).inc();
-            // Relays open only the control stream; anything else is reset.
-            let extra = session.tunnel.clone();
-            tokio::spawn(async move {
-                while let Ok(Some(stream)) = extra.accept_stream().await {
-                    drop(stream)
-                }
-            });
-            let span = tracing::info_span!("session", id = session.id, key = %session.key);
-            control_loop(session, ctrl, state).instrument(span).await;
-        }
-        Err(e) => {
-            let outcome = OutcomeLabel {
-                outcome: reject_label(e.reject_code()),
-            };
-            state.metrics.handshakes.get_or_create(&outcome).inc();
-            tracing::info!(error = %e, "relay handshake failed");
-            // Give the relay a moment to read the Reject and close first.
-            let _ = timeout(std::time::Duration::from_secs(1), tunnel.closed()).await;
-            tunnel.close("rejected");
+            notified.await;
         }
     }
-}
 
-fn reject_label(code: RejectCode) -> &'static str {
-    match code {
-        RejectCode::UnknownKey => "unknown_key",
-        RejectCode::HostnameNotAllowed => "hostname_not_allowed",
-        RejectCode::HostnameTaken => "hostname_taken",
-        RejectCode::BadProof => "bad_proof",
-        RejectCode::UnsupportedVersion => "unsupported_version",
-        RejectCode::Timeout => "timeout",
-        RejectCode::Draining => "draining",
-        RejectCode::Internal => "internal",
-        RejectCode::TooManySessions => "too_many_sessions",
-        _ => "malformed",
-    }
-}
-
-async fn handshake(
-    tunnel: &Tunnel,
-    state: &State,
-    deadline: Deadline,
-) -> Result<(Arc<Session>, TunnelStream), ProtoError> {
-    let timed_out = |_| ProtoError::HandshakeTimeout(HANDSHAKE_TIMEOUT);
-    let mut ctrl = timeout_at(deadline, tunnel.accept_stream())
-        .await
-        .map_err(timed_out)??
-        .ok_or_else(|| ProtoError::Closed("no control stream".into()))?;
-    let result = timeout_at(deadline, exchange(tunnel, &mut ctrl, state))
-        .await
-        .map_err(timed_out);
-    match result.and_then(|r| r) {
-        Ok(session) => Ok((session, ctrl)),
-        Err(e) => {
-            let reject = Frame::Reject {
-                code: e.reject_code(),
-                message: e.to_string(),
-            };
-            let _ = timeout(std::time::Duration::from_secs(1), write_frame(&mut ctrl, &reject)).await;
-            Err(e)
+    /// Gives a connection whose response is done back to the pool, once
+    /// it is ready for the next request (at once, nearly always).
+    pub fn release(self: &Arc<Self>, route_id: u64, conn: TunnelConn) {
+        // Idle, it would hold a stream that an open is waiting for.
+        if !self.is_usable() || conn.sender.is_closed() || self.tunnel.streams_wanted() {
+            return;
         }
-    }
-}
-
-async fn exchange(tunnel: &Tunnel, ctrl: &mut TunnelStream, state: &State) -> Result<Arc<Session>, ProtoError> {
-    let exporter = tunnel.exporter()?;
-    let mut hs = ServerHandshake::new(exporter, random()?, Instant::now());
-    let hello = expect_frame(ctrl).await?;
-    let ServerEvent::Send(challenge) = hs.handle(hello, Instant::now())? else {
-        return Err(ProtoError::UnexpectedFrame {
-            expected: "Hello",
-            got: "Proof",
-        });
-    };
-    write_frame(ctrl, &challenge).await?;
-    let proof = expect_frame(ctrl).await?;
-    let ServerEvent::Verified(verified) = hs.handle(proof, Instant::now())? else {
-        return Err(ProtoError::UnexpectedFrame {
-            expected: "Proof",
-            got: "Hello",
-        });
-    };
-    let keys = state.registry.keys();
-    if !keys.contains_key(&verified.key) {
-        return Err(ProtoError::Rejected {
-            code: RejectCode::UnknownKey,
-            message: format!("key {} is not authorized on this gateway", verified.key),
-        });
-    }
-    // Each hostname is granted or not on its own: one the key may not
-    // serve must not lock the relay out with all its other routes. Only a
-    // relay granted none of what it asked for is turned away.
-    let mut granted = Vec::new();
-    let mut denied = None;
-    for pattern in &verified.hostnames {
-        match keys.authorize(&verified.key, pattern) {
-            Ok(()) => granted.push(pattern.clone()),
-            Err(d) => {
-                tracing::info!(%pattern, reason = %d.message, "hostname not granted");
-                denied.get_or_insert(d);
+        if conn.sender.is_ready() {
+            return self.pool.put(route_id, conn);
+        }
+        // Still finishing the request body, or the connection task has not
+        // seen the end of the response yet.
+        let session = self.clone();
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let ready = std::future::poll_fn(|cx| conn.sender.poll_ready(cx));
+            if let Ok(Ok(())) = tokio::time::timeout(RELEASE_WAIT, ready).await
+                && !session.tunnel.streams_wanted()
+            {
+                session.pool.put(route_id, conn);
             }
-        }
-    }
-    if let (true, Some(d)) = (granted.is_empty(), denied) {
-        return Err(ProtoError::Rejected {
-            code: d.code,
-            message: d.message,
         });
     }
-    if state.registry.sessions_of(&verified.key) >= MAX_SESSIONS_PER_KEY {
-        return Err(ProtoError::Rejected {
-            code: RejectCode::TooManySessions,
-            message: format!(
-                "key {} already has {MAX_SESSIONS_PER_KEY} sessions on this gateway",
-                verified.key
-            ),
-        });
-    }
-    if state.shutdown.is_cancelled() {
-        return Err(ProtoError::Rejected {
-            code: RejectCode::Draining,
-            message: "gateway is shutting down".into(),
-        });
-    }
-    let id = u64::from_be_bytes(random()?);
-    let welcome = ServerHandshake::welcome(id, &granted, state.config.heartbeat(), state.config.peers.clone());
-    write_frame(ctrl, &welcome).await?;
-    Ok(Arc::new(Session::new(
-        id,
-        verified.key,
-        verified.instance,
-        tunnel.clone(),
-    )))
-}
 
-async fn control_loop(session: Arc<Session>, ctrl: TunnelStream, state: Arc<State>) {
-    let transport = TransportLabel {
-        transport: session.tunnel.transport().as_str(),
-    };
-    state.registry.add(session.clone());
-    state.metrics.sessions.get_or_create(&transport).inc();
-    tracing::info!(transport = %session.tunnel.transport(), "relay connected");
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
 
-    let (rd, mut wr) = tokio::io::split(ctrl);
-    let mut frames = spawn_frame_reader(rd);
-    let dead_after = dead_after(state.config.heartbeat());
-    let mut deadline = tokio::time::Instant::now() + dead_after;
-    let mut goaway_sent = false;
-    let reason: String = loop {
-        tokio::select! {
-            frame = frames.recv() => {
-                deadline = tokio::time::Instant::now() + dead_after;
-                let reply = match frame {
-                    None => break "relay closed the control stream".into(),
-                    Some(Err(e)) => break format!("control stream error: {e}"),
-                    Some(Ok(Frame::Ping { seq, rtt_micros, routes_version, routes_checksum })) => {
-                        session.pool.sweep();
-                        if rtt_micros > 0 {
-                            state.metrics.relay_rtt.observe(f64::from(rtt_micros) / 1e6);
-                        }
-                        // Drift (a lost or misapplied update): ask for everything.
-                        let drift = {
-                            let st = session.routes_state();
-                            (!st.agrees(routes_version, &routes_checksum)).then_some(st.version)
-                        };
-                        if let Some(ours) = drift {
-                            tracing::info!(ours, theirs = routes_version, "route set out of sync");
-                            let ack = Frame::RoutesAck { version: ours, in_sync: false, refused: Vec::new() };
-                            if let Err(e) = write_frame_within(&mut wr, &ack, dead_after).await {
-                                break format!("control stream error: {e}");
-                            }
-                        }
-                        Some(Frame::Pong { seq })
-                    }
-                    Some(Ok(Frame::Routes(update))) => match state.registry.apply_routes(&session, update) {
-                        // A changed route may have a new target: no stream
-                        // connected to the old one is reused.
-                        Ok(ack) => {
-                            session.pool.clear();
-                            ack
-                        }
-                        Err(e) => break format!("bad route update: {e}"),
-                    },
-                    Some(Ok(Frame::Health { unhealthy })) => {
-                        state.registry.set_unhealthy(session.id, unhealthy.into_iter().collect());
-                        None
-                    }
-                    Some(Ok(Frame::GoAway { reason })) => {
-                        tracing::info!(%reason, "relay is draining");
-                        state.registry.set_draining(session.id);
-                        None
-                    }
-                    Some(Ok(other)) => break format!("unexpected {} frame", other.name()),
-                };
-                if let Some(reply) = reply
-                    && let Err(e) = write_frame_within(&mut wr, &reply, dead_after).await
-                {
-                    break format!("control stream error: {e}");
-                }
-            }
-            _ = sleep_until(deadline) => break format!("no heartbeat for {dead_after:?}"),
-            e = session.tunnel.closed() => break e.to_string(),
-            _ = state.shutdown.cancelled(), if !goaway_sent => {
-                goaway_sent = true;
-                let _ = write_frame_within(&mut wr, &Frame::GoAway { reason: "gateway shutting down".into() }, dead_after).await;
-            }
-            _ = state.stopped.cancelled() => break "gateway stopped".into(),
-            // A draining session closes once its last response is through:
-            // only this side knows when that is.
-            _ = session.wait_idle(), if session.is_draining() => break "drained".into(),
-        }
-    };
-    state.registry.remove(session.id);
-    state.metrics.sessions.get_or_create(&transport).dec();
-    tracing::info!(%reason, "relay session ended");
-    session.tunnel.close(&reason);
-    session.pool.clear();
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.is_draining() && !self.tunnel.is_closed()
+    }
+
+    /// The routes served (authorized).
+    pub(crate) fn routes(&self) -> std::sync::MutexGuard<'_, Vec<RouteSpec>> {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The routes in the table now, by host pattern.
+    pub(crate) fn published(&self) -> std::sync::MutexGuard<'_, HashMap<HostPattern, Vec<RouteSpec>>> {
+        self.published.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records what the table holds of this session now; returns what it held.
+    pub(crate) fn publish(&self, now: HashMap<HostPattern, Vec<RouteSpec>>) -> HashMap<HostPattern, Vec<RouteSpec>> {
+        std::mem::replace(&mut *self.published(), now)
+    }
+
+    pub(crate) fn unhealthy_routes(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.unhealthy.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tunnel_proto::path::RequestPath;
 use tunnel_proto::{HostPattern, RoutePolicy, RouteSpec};
 
-use crate::registry::Session;
+use crate::session::Session;
 
 /// Shards of the table; an update copies the maps of the shards it touches.
 const SHARDS: usize = 64;

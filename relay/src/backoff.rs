@@ -61,7 +61,7 @@ fn unit_random() -> f64 {
 }
 
 /// What a relay does between two attempts to reach one gateway: the
-/// schedule `session::maintain` follows, kept apart so it can be timed.
+/// schedule `maintain::maintain` follows, kept apart so it can be timed.
 #[derive(Debug, Clone)]
 pub struct Reconnect {
     backoff: Backoff,

@@ -13,7 +13,7 @@ use tunnel_proto::limits::{CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, RACE_DELAY};
 use tunnel_proto::{Error as ProtoError, RelayKey, Tunnel, TunnelStream, Welcome};
 
 use crate::error::{Error, Result};
-use crate::session::GatewayAddr;
+use crate::gateway_addr::GatewayAddr;
 
 /// Which transports a relay may use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]

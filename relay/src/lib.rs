@@ -8,14 +8,18 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod error;
+pub mod gateway_addr;
 pub mod gateways;
+mod handoff;
 pub mod health;
+mod maintain;
 pub mod model;
 pub mod proxy;
 pub mod routes;
-pub mod session;
+mod session;
+mod shared;
+pub mod status;
 pub mod store;
-mod sync;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +33,10 @@ pub use config::{RelayConfig, RouteConfig};
 use connect::Dialer;
 pub use connect::TransportMode;
 pub use error::{Error, Result};
+pub use gateway_addr::GatewayAddr;
 use proxy::Proxy;
-use session::Shared;
-pub use session::{GatewayAddr, GatewayStatus, SessionInfo, Status};
+use shared::Shared;
+pub use status::{GatewayStatus, SessionInfo, Status};
 use store::Store;
 
 /// A running relay.
@@ -126,7 +131,7 @@ impl Relay {
         };
         tracing::info!(key = %shared.key.public_key(), gateways = gateways.len(), transport = ?config.transport, "relay starting");
         for g in gateways {
-            session::join(&shared, g);
+            maintain::join(&shared, g);
         }
         Ok(Relay {
             shared,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tunnel_proto::RouteSpec;
+use tunnel_proto::sync::RouteSnapshot;
 
 use crate::config::Target;
 use crate::model::Route;
@@ -23,15 +24,29 @@ impl LocalRoute {
     }
 }
 
-/// Routes at one version.
-#[derive(Debug, Default)]
+/// Routes at one version: as gateways see them (`announced`, also
+/// reached through `Deref`: version, specs, checksum) and with their
+/// targets.
+#[derive(Debug)]
 pub struct Snapshot {
-    pub version: u64,
-    /// Enabled routes as gateways see them, sorted by id.
-    pub specs: Vec<RouteSpec>,
-    /// [`tunnel_proto::routes::checksum`] of `specs`.
-    pub checksum: [u8; 32],
+    pub announced: Arc<RouteSnapshot>,
     by_id: HashMap<u64, Arc<LocalRoute>>,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            announced: Arc::new(RouteSnapshot::empty()),
+            by_id: HashMap::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for Snapshot {
+    type Target = RouteSnapshot;
+    fn deref(&self) -> &RouteSnapshot {
+        &self.announced
+    }
 }
 
 impl Snapshot {
@@ -85,13 +100,9 @@ impl RouteSet {
                 Err(e) => tracing::warn!(route = %r.name(), error = %e, "route left out"),
             }
         }
-        let mut specs: Vec<RouteSpec> = by_id.values().map(|r| r.route.spec()).collect();
-        specs.sort_by_key(|s| s.id);
-        let checksum = tunnel_proto::routes::checksum(&specs);
+        let specs: Vec<RouteSpec> = by_id.values().map(|r| r.route.spec()).collect();
         self.current.store(Arc::new(Snapshot {
-            version,
-            specs,
-            checksum,
+            announced: Arc::new(RouteSnapshot::new(version, specs)),
             by_id,
         }));
         self.version.send_replace(version);

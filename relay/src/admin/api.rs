@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use super::{Admin, Body, Endpoint, MAX_BODY, error_response, full, store_error};
 use crate::model::{NewRoute, RoutePatch};
-use crate::session::Status;
+use crate::status::Status;
 use crate::store::Event;
 
 /// Changes `/api/history` returns without `?limit=`.

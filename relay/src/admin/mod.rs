@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::session::Status;
+use crate::status::Status;
 use crate::store::Store;
 use endpoints::Endpoint;
 

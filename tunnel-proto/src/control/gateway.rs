@@ -44,7 +44,8 @@ pub struct GatewayControl {
     relay_draining: bool,
     /// Set once this side said GoAway: the session ends then at the latest.
     drain_deadline: Option<Instant>,
-    /// No stream is in flight on the session (the driver says).
+    /// No stream is in flight on the session, as the driver last said
+    /// (until it says, a session counts as busy).
     idle: bool,
     closed: bool,
 }
@@ -61,7 +62,7 @@ impl GatewayControl {
             events: VecDeque::new(),
             relay_draining: false,
             drain_deadline: None,
-            idle: true,
+            idle: false,
             closed: false,
         }
     }
@@ -130,10 +131,11 @@ impl GatewayControl {
             },
             Frame::Health { unhealthy } => self.events.push_back(GatewayEvent::Health { unhealthy }),
             Frame::GoAway { reason } => {
+                // The session ends once the driver says no stream is in
+                // flight ([`set_idle`](Self::set_idle)).
                 if !self.relay_draining {
                     self.relay_draining = true;
                     self.events.push_back(GatewayEvent::RelayDraining { reason });
-                    self.end_if_drained();
                 }
             }
             other => self.close(format!("unexpected {} frame", other.name())),

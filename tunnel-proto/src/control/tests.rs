@@ -824,3 +824,26 @@ proptest! {
             "ended after {end:?}, expected {expected:?}");
     }
 }
+
+#[test]
+fn a_relay_going_away_ends_nothing_until_the_gateway_knows_it_is_idle() {
+    let now = Instant::now();
+    let mut gateway = GatewayControl::new(HB, now);
+    gateway.handle_frame(
+        Frame::GoAway {
+            reason: "relay shutting down".into(),
+        },
+        now,
+    );
+    assert_eq!(
+        gateway.poll_event(),
+        Some(GatewayEvent::RelayDraining {
+            reason: "relay shutting down".into()
+        })
+    );
+    assert!(!gateway.is_closed(), "streams may be in flight");
+    gateway.set_idle(false);
+    assert!(!gateway.is_closed());
+    gateway.set_idle(true);
+    assert!(gateway.is_closed());
+}

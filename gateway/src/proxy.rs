@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::timeout;
 use tracing::Instrument;
 use tunnel_proto::http::{Refusal, X_ROUTEHUB_ERROR};
-use tunnel_proto::limits::{STREAM_OPEN_TIMEOUT, dead_after};
+use tunnel_proto::limits::STREAM_OPEN_TIMEOUT;
 use tunnel_proto::names::host_of_authority;
 use tunnel_proto::path::RequestPath;
 
@@ -179,7 +179,6 @@ async fn route(
     check_head(state, conn, &req)?;
     // Routed, policed and forwarded in one form: see `tunnel_proto::path`.
     let path = RequestPath::parse(req.uri().path()).map_err(|e| Error::BadPath(e.to_string()))?;
-    let reconnect_wait = dead_after(state.config.heartbeat());
     let mut routed = match state.registry.lookup(&host, &path, None) {
         Lookup::Found(routed) => routed,
         Lookup::UnknownHost => return Err(Error::UnknownHost(host)),
@@ -189,11 +188,11 @@ async fn route(
                 path: path.as_str().chars().take(200).collect(),
             });
         }
-        // Its relay was here moments ago and is probably reconnecting (a
-        // transport fallback takes milliseconds): wait a little, don't fail.
-        Lookup::NoRelay if state.registry.recently_lost(&host, RECONNECT_GRACE) => {
-            let deadline = tokio::time::Instant::now() + reconnect_wait;
-            next_session(state, &host, &path, None, deadline)
+        // Its relay is switching sessions (a transport fallback takes
+        // milliseconds): wait for the new one's routes, don't fail. A relay
+        // that is really gone gets no wait.
+        Lookup::NoRelay if let Some(until) = state.registry.switching(&host) => {
+            next_session(state, &host, &path, None, until.into())
                 .await
                 .ok_or_else(|| Error::NoRelay(host.clone()))?
         }
@@ -290,14 +289,15 @@ async fn route(
             continue;
         }
         // A relay that answered for itself is up: take another session only
-        // if there is one now. After a lost session, wait for its return.
-        let wait = if refused {
-            std::time::Duration::ZERO
-        } else {
-            reconnect_wait
+        // if there is one now. After a lost session, wait only for a relay
+        // that is switching sessions.
+        let now = tokio::time::Instant::now();
+        let until = match state.registry.switching(&host) {
+            Some(until) if !refused => until.into(),
+            _ => now,
         };
         let failed = session.id;
-        match next_session(state, &host, &path, Some(failed), tokio::time::Instant::now() + wait).await {
+        match next_session(state, &host, &path, Some(failed), until).await {
             // Only to a route with the very policy this request passed,
             // and the same prefix it was forwarded under.
             Some(next) if next.policy == policy && next.prefix == routed.prefix => routed = next,
@@ -333,10 +333,6 @@ fn check_head<B>(state: &State, conn: &ConnInfo, req: &Request<B>) -> Result<(),
 
 /// Retries per request after a relay session failed under it.
 const MAX_RETRIES: u32 = 2;
-/// After a host's relay session ends, for this long new requests wait (up
-/// to the dead-session timeout) for it to come back rather than fail.
-const RECONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Waits for a usable session other than `failed`, up to `deadline`.
 async fn next_session(
     state: &State,

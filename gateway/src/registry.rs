@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tunnel_proto::limits::MAX_ROUTES_PER_SESSION;
@@ -57,15 +58,24 @@ pub struct Registry {
     table: ArcSwap<RouteTable>,
     /// Bumped on every change, for requests waiting for a relay to return.
     generation: tokio::sync::watch::Sender<u64>,
-    /// Route hosts of recently removed sessions, and when.
-    lost: Mutex<HashMap<String, std::time::Instant>>,
+    /// Route hosts of recently removed sessions, by relay process (key and
+    /// instance), and when they went.
+    gone: Mutex<HashMap<(PublicKey, u64), (Vec<String>, Instant)>>,
+    /// Hosts whose relay is switching sessions: a new session of the same
+    /// relay process passed its handshake and its routes are due, by then.
+    switching: Mutex<HashMap<String, Instant>>,
 }
 
 /// Refused routes one ack reports.
 const MAX_REFUSED_IN_ACK: usize = 256;
 
-/// How long a lost session's hosts are remembered.
-const LOST_MEMORY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a lost session's hosts are remembered, for the relay
+/// process's next session.
+const GONE_MEMORY: Duration = Duration::from_secs(60);
+/// How long requests for a host wait for the routes of a relay's new
+/// session (its handshake is done; the routes follow within milliseconds
+/// unless the relay has stopped meanwhile).
+pub const SWITCH_WAIT: Duration = Duration::from_secs(2);
 
 /// Authorizes and installs `routes` (the relay's set at `version`) as what
 /// `session` serves. Called with the sessions lock held (`all`), so
@@ -141,7 +151,8 @@ impl Registry {
             index: Mutex::new(TableIndex::default()),
             table: ArcSwap::from_pointee(RouteTable::default()),
             generation: tokio::sync::watch::channel(0).0,
-            lost: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashMap::new()),
+            switching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -209,9 +220,34 @@ impl Registry {
         out
     }
 
-    /// Adds a session; it serves nothing until its routes arrive.
+    /// Adds a session; it serves nothing until its routes arrive. If the
+    /// same relay process has (or just had) another session, that relay is
+    /// switching sessions (a transport fallback, a new network): requests
+    /// for its hosts may wait for the new session's routes ([`SWITCH_WAIT`]).
+    /// Hosts of a relay that is really gone wait for nothing.
     pub fn add(&self, session: Arc<Session>) {
-        self.change(|s| (s.insert(session.id, session.clone()), vec![session]));
+        let id = (session.key, session.instance);
+        let mut hosts: Vec<String> = self
+            .gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+            .map(|(hosts, _)| hosts)
+            .unwrap_or_default();
+        self.change(|all| {
+            for other in all.values().filter(|o| (o.key, o.instance) == id) {
+                hosts.extend(other.routes().iter().map(|r| r.host.clone()));
+            }
+            (all.insert(session.id, session.clone()), vec![session])
+        });
+        if !hosts.is_empty() {
+            let until = Instant::now() + SWITCH_WAIT;
+            let mut switching = self.switching.lock().unwrap_or_else(|e| e.into_inner());
+            switching.retain(|_, at| *at > Instant::now());
+            for host in hosts {
+                switching.insert(host, until);
+            }
+        }
     }
 
     /// A receiver that sees every later change to sessions or routes.
@@ -219,38 +255,39 @@ impl Registry {
         self.generation.subscribe()
     }
 
-    /// Removes a session, remembering its hosts as recently lost.
+    /// Removes a session, remembering its hosts for its relay process's
+    /// next session.
     pub fn remove(&self, id: u64) {
         let removed = self.change(|s| {
             let removed = s.remove(&id);
             (removed.clone(), removed.into_iter().collect())
         });
         if let Some(session) = removed {
-            let now = std::time::Instant::now();
-            let mut lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-            lost.retain(|_, at| now.duration_since(*at) < LOST_MEMORY);
-            for r in session.routes.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-                lost.insert(r.host.clone(), now);
-            }
+            let now = Instant::now();
+            let hosts = session.routes().iter().map(|r| r.host.clone()).collect();
+            let mut gone = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+            gone.retain(|_, (_, at)| now.duration_since(*at) < GONE_MEMORY);
+            gone.insert((session.key, session.instance), (hosts, now));
         }
     }
 
-    /// Whether a session serving `host` ended within `window`: its relay is
-    /// probably reconnecting, so a request may wait for it briefly.
-    pub fn recently_lost(&self, host: &str, window: std::time::Duration) -> bool {
-        let lost = self.lost.lock().unwrap_or_else(|e| e.into_inner());
-        let fresh = |key: &str| lost.get(key).is_some_and(|at| at.elapsed() < window);
-        if fresh(host) {
-            return true;
+    /// Until when requests for `host` may wait for a relay that is
+    /// switching sessions, if one is (see [`Registry::add`]).
+    pub fn switching(&self, host: &str) -> Option<Instant> {
+        let switching = self.switching.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let until = |key: &str| switching.get(key).copied().filter(|at| *at > now);
+        if let Some(at) = until(host) {
+            return Some(at);
         }
         let mut rest = host;
         while let Some((_, suffix)) = rest.split_once('.') {
-            if fresh(&format!("*.{suffix}")) {
-                return true;
+            if let Some(at) = until(&format!("*.{suffix}")) {
+                return Some(at);
             }
             rest = suffix;
         }
-        false
+        None
     }
 
     /// Stops routing new requests to the session (after its `GoAway`).

@@ -23,7 +23,10 @@ async fn net(transport: TransportMode) -> (TestNet, Backend) {
     config.transport = transport;
     config.drain_timeout_secs = DRAIN;
     let relay = Relay::start(config).await.unwrap();
-    relay.wait_ready(1, Duration::from_secs(10)).await.expect("relay connects");
+    relay
+        .wait_ready(1, Duration::from_secs(10))
+        .await
+        .expect("relay connects");
     net.relays.push(relay);
     (net, backend)
 }
@@ -40,7 +43,10 @@ async fn slow_requests_survive(net: &TestNet, backend: &Backend, stop: impl FnOn
             tokio::spawn(async move { (ms, client.get("app.test", &format!("/slow/{ms}")).await) })
         })
         .collect();
-    let arrived = harness::wait_until(Duration::from_secs(5), || async { (backend.hits() >= before + 3).then_some(()) }).await;
+    let arrived = harness::wait_until(Duration::from_secs(5), || async {
+        (backend.hits() >= before + 3).then_some(())
+    })
+    .await;
     assert!(arrived.is_some(), "the requests reached the backend");
     stop();
     for r in requests {

@@ -50,6 +50,9 @@ pub struct RejectedRoute {
     pub reason: String,
 }
 
+/// A relay process: its key and the instance id of its `Hello`.
+type RelayProcess = (PublicKey, u64);
+
 pub struct Registry {
     keys: ArcSwap<Authority>,
     sessions: Mutex<HashMap<u64, Arc<Session>>>,
@@ -60,7 +63,7 @@ pub struct Registry {
     generation: tokio::sync::watch::Sender<u64>,
     /// Route hosts of recently removed sessions, by relay process (key and
     /// instance), and when they went.
-    gone: Mutex<HashMap<(PublicKey, u64), (Vec<String>, Instant)>>,
+    gone: Mutex<HashMap<RelayProcess, (Vec<String>, Instant)>>,
     /// Hosts whose relay is switching sessions: a new session of the same
     /// relay process passed its handshake and its routes are due, by then.
     switching: Mutex<HashMap<String, Instant>>,

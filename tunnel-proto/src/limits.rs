@@ -33,10 +33,22 @@ pub fn dead_after(heartbeat: Duration) -> Duration {
 /// Concurrent data streams per session (one per in-flight request), on
 /// QUIC and on the TCP fallback alike.
 pub const MAX_STREAMS_PER_SESSION: u32 = 2048;
-/// QUIC flow control: per stream and per connection receive windows, and the
-/// send window. Bounded, unlike quinn's defaults.
+/// Flow control, on QUIC and on the TCP fallback: each stream may have
+/// this much unread data in flight toward a reader.
 pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
-pub const CONNECTION_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+/// The whole connection's receive window: enough for every stream's window
+/// at once, so streams whose readers stall (clients that stop reading a
+/// download) can never use up the window the others, and the control
+/// stream's heartbeats, need. Memory stays bounded per stream (1 MiB) and
+/// by the stream limit. HTTP/2 windows stop at 2^31 - 1 bytes.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = {
+    let all = STREAM_RECEIVE_WINDOW as u64 * MAX_STREAMS_PER_SESSION as u64;
+    if all > H2_MAX_WINDOW as u64 { H2_MAX_WINDOW } else { all as u32 }
+};
+/// Largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
+pub const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
+/// QUIC: bytes sent and not yet acknowledged, over all streams (acks come
+/// on arrival, not on reading, so stalled readers don't hold it).
 pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
 /// QUIC keep-alive, well below the idle timeout so NAT bindings stay open.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -66,7 +78,12 @@ pub const MAX_HTTP_HEAD: usize = 64 * 1024;
 
 // Checked at compile time: windows nest, and keep-alive beats the idle timeout.
 const _: () = assert!(STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW);
-const _: () = assert!(CONNECTION_RECEIVE_WINDOW as u64 <= SEND_WINDOW);
+// Every stream but one (at most) can hold its whole window unread.
+const _: () = assert!(
+    CONNECTION_RECEIVE_WINDOW as u64 >= (MAX_STREAMS_PER_SESSION as u64 - 1) * STREAM_RECEIVE_WINDOW as u64
+);
+// One stream alone can fill its window.
+const _: () = assert!(STREAM_RECEIVE_WINDOW as u64 <= SEND_WINDOW);
 const _: () = assert!(KEEP_ALIVE_INTERVAL.as_millis() * 3 <= IDLE_TIMEOUT.as_millis());
 // h2 accepts frames of 16 KiB to 16 MiB.
 const _: () = assert!(TCP_MAX_FRAME >= 16 * 1024 && TCP_MAX_FRAME < 16 * 1024 * 1024);

@@ -92,7 +92,10 @@ async fn drive(session: &Arc<Session>, ctrl: TunnelStream, state: &State) -> Str
         tokio::select! {
             _ = sleep_until(wake) => control.handle_timeout(Instant::now().into_std()),
             frame = frames.recv() => match frame {
-                Some(Ok(frame)) => control.handle_frame(frame, Instant::now().into_std()),
+                Some(Ok(frame)) => {
+                    tracing::trace!(frame = frame.name(), "control frame in");
+                    control.handle_frame(frame, Instant::now().into_std())
+                }
                 Some(Err(e)) => return format!("control stream error: {e}"),
                 None => return "relay closed the control stream".into(),
             },

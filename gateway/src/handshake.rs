@@ -118,6 +118,7 @@ async fn handshake(
         .await
         .map_err(timed_out)??
         .ok_or_else(|| ProtoError::Closed("no control stream".into()))?;
+    ctrl.prioritize();
     let result = timeout_at(deadline, exchange(tunnel, &mut ctrl, state))
         .await
         .map_err(timed_out);

@@ -170,6 +170,7 @@ impl Dialer {
     ) -> Result<Established> {
         let exchange = async {
             let mut ctrl = tunnel.open_stream().await?;
+            ctrl.prioritize();
             let (mut hs, hello) = ClientHandshake::start(key, instance, hostnames, Vec::new(), tunnel.exporter()?);
             write_frame(&mut ctrl, &hello).await?;
             loop {

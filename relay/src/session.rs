@@ -120,6 +120,7 @@ pub(crate) async fn run(
             }
         }
         while let Some(frame) = control.poll_transmit() {
+            tracing::trace!(frame = frame.name(), "control frame out");
             if let Err(e) = write_frame_within(&mut wr, &frame, write_limit).await {
                 break 'session (format!("control stream error: {e}"), false);
             }
@@ -130,7 +131,10 @@ pub(crate) async fn run(
         tokio::select! {
             _ = sleep_until(wake) => control.handle_timeout(now()),
             frame = frames.recv() => match frame {
-                Some(Ok(frame)) => control.handle_frame(frame, now()),
+                Some(Ok(frame)) => {
+                    tracing::trace!(frame = frame.name(), "control frame in");
+                    control.handle_frame(frame, now())
+                }
                 Some(Err(e)) => break (format!("control stream error: {e}"), false),
                 None => break ("gateway closed the control stream".into(), false),
             },

@@ -147,6 +147,12 @@ impl TestClient {
     /// A TLS connection with the given SNI and ALPN list.
     pub async fn tls_connect(&self, sni: &str, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr).await?;
+        self.tls_over(tcp, sni, alpn).await
+    }
+
+    /// TLS over a TCP connection to the gateway the test made itself (to
+    /// set its socket options, say).
+    pub async fn tls_over(&self, tcp: TcpStream, sni: &str, alpn: &[&[u8]]) -> Result<TlsStream<TcpStream>> {
         tcp.set_nodelay(true)?;
         let name = ServerName::try_from(sni.to_owned())?;
         Ok(TlsConnector::from(self.tls(alpn)).connect(name, tcp).await?)

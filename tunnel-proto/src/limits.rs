@@ -43,13 +43,21 @@ pub const STREAM_RECEIVE_WINDOW: u32 = 1024 * 1024;
 /// by the stream limit. HTTP/2 windows stop at 2^31 - 1 bytes.
 pub const CONNECTION_RECEIVE_WINDOW: u32 = {
     let all = STREAM_RECEIVE_WINDOW as u64 * MAX_STREAMS_PER_SESSION as u64;
-    if all > H2_MAX_WINDOW as u64 { H2_MAX_WINDOW } else { all as u32 }
+    if all > H2_MAX_WINDOW as u64 {
+        H2_MAX_WINDOW
+    } else {
+        all as u32
+    }
 };
 /// Largest flow-control window HTTP/2 allows (RFC 9113 §6.9.1).
 pub const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
-/// QUIC: bytes sent and not yet acknowledged, over all streams (acks come
-/// on arrival, not on reading, so stalled readers don't hold it).
-pub const SEND_WINDOW: u64 = 16 * 1024 * 1024;
+/// QUIC: bytes written and not yet acknowledged, over all streams. At
+/// least every stream's window and then some: writes are then bounded by
+/// each stream's flow control alone, and bulk data on many streams (or a
+/// slow uplink holding it unsent) never leaves the control stream, whose
+/// frames go out first, waiting to be admitted. The bound on memory is
+/// the same as the receiver's: a window per stream.
+pub const SEND_WINDOW: u64 = CONNECTION_RECEIVE_WINDOW as u64 + 4 * STREAM_RECEIVE_WINDOW as u64;
 /// QUIC keep-alive, well below the idle timeout so NAT bindings stay open.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(2);
 /// QUIC idle timeout: a backstop; the heartbeat detects death sooner.
@@ -79,11 +87,10 @@ pub const MAX_HTTP_HEAD: usize = 64 * 1024;
 // Checked at compile time: windows nest, and keep-alive beats the idle timeout.
 const _: () = assert!(STREAM_RECEIVE_WINDOW <= CONNECTION_RECEIVE_WINDOW);
 // Every stream but one (at most) can hold its whole window unread.
-const _: () = assert!(
-    CONNECTION_RECEIVE_WINDOW as u64 >= (MAX_STREAMS_PER_SESSION as u64 - 1) * STREAM_RECEIVE_WINDOW as u64
-);
-// One stream alone can fill its window.
-const _: () = assert!(STREAM_RECEIVE_WINDOW as u64 <= SEND_WINDOW);
+const _: () =
+    assert!(CONNECTION_RECEIVE_WINDOW as u64 >= (MAX_STREAMS_PER_SESSION as u64 - 1) * STREAM_RECEIVE_WINDOW as u64);
+// Streams whose windows are full leave room for the control stream.
+const _: () = assert!(SEND_WINDOW > CONNECTION_RECEIVE_WINDOW as u64);
 const _: () = assert!(KEEP_ALIVE_INTERVAL.as_millis() * 3 <= IDLE_TIMEOUT.as_millis());
 // h2 accepts frames of 16 KiB to 16 MiB.
 const _: () = assert!(TCP_MAX_FRAME >= 16 * 1024 && TCP_MAX_FRAME < 16 * 1024 * 1024);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use relay::client::{AdminClient, find_token};
-use relay::model::{HealthCheck, NewRoute, Route, RoutePatch};
+use relay::model::{ChangeAction, HealthCheck, NewRoute, Route, RoutePatch};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -184,7 +184,7 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                         c.version.to_string(),
                         c.at.clone(),
                         c.actor.clone(),
-                        describe(&c.action, &c.before, &c.after),
+                        describe(c.action, &c.before, &c.after),
                     ]
                 })
                 .collect();
@@ -254,7 +254,7 @@ fn written(json: &bool, what: &str, reply: Value) -> Result<()> {
     Ok(())
 }
 
-fn describe(action: &str, before: &Value, after: &Value) -> String {
+fn describe(action: ChangeAction, before: &Value, after: &Value) -> String {
     let route = |v: &Value| {
         let path = v["path"].as_str().unwrap_or("/");
         format!(
@@ -264,11 +264,10 @@ fn describe(action: &str, before: &Value, after: &Value) -> String {
         )
     };
     match action {
-        "add" => format!("add {} → {}", route(after), after["target"].as_str().unwrap_or("?")),
-        "remove" => format!("remove {}", route(before)),
-        "update" => format!("update {}", route(after)),
-        "rollback" => format!("rollback ({} routes)", after.as_array().map_or(0, Vec::len)),
-        other => other.to_owned(),
+        ChangeAction::Add => format!("add {} → {}", route(after), after["target"].as_str().unwrap_or("?")),
+        ChangeAction::Remove => format!("remove {}", route(before)),
+        ChangeAction::Update => format!("update {}", route(after)),
+        ChangeAction::Rollback => format!("rollback ({} routes)", after.as_array().map_or(0, Vec::len)),
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod demo;
 mod gateway_cli;
+mod relay_cli;
 mod routes_cli;
 
 use std::net::SocketAddr;
@@ -32,7 +33,8 @@ enum Command {
     /// with a subcommand, manage a running one's orgs, hosts, keys, users
     /// and roles through its admin API.
     Gateway(Box<GatewayArgs>),
-    /// Run a relay: dial out to gateways and serve local services.
+    /// Run a relay: dial out to gateways and serve local services; or,
+    /// with `recover`, rebuild a stopped relay's damaged store.
     Relay(RelayArgs),
     /// Manage a running relay's routes (add, rm, edit, list, history, rollback).
     Routes(routes_cli::RoutesArgs),
@@ -148,8 +150,21 @@ struct GatewayArgs {
     acme_orders_per_hour: Option<u32>,
 }
 
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Rebuild a damaged store (relay.db) from its last backup and its
+    /// change journal, keeping the damaged files aside. Stop the relay first.
+    Recover {
+        /// The relay's data dir [default: --data-dir, else data_dir in --config, else the relay's default].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
 #[derive(clap::Args)]
 struct RelayArgs {
+    #[command(subcommand)]
+    command: Option<RelayCommand>,
     /// TOML config file (flags override it).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -292,7 +307,17 @@ async fn run_gateway(mut args: GatewayArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_relay(args: RelayArgs) -> Result<()> {
+async fn run_relay(mut args: RelayArgs) -> Result<()> {
+    if let Some(RelayCommand::Recover { data_dir }) = args.command.take() {
+        let data_dir = match data_dir.or(args.data_dir) {
+            Some(d) => d,
+            None => match &args.config {
+                Some(path) => relay::RelayConfig::from_file(path)?.data_dir,
+                None => relay::RelayConfig::default().data_dir,
+            },
+        };
+        return relay_cli::recover(&data_dir);
+    }
     let mut config = match &args.config {
         Some(path) => relay::RelayConfig::from_file(path)?,
         None => relay::RelayConfig::default(),

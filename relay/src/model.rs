@@ -209,7 +209,7 @@ impl ChangeAction {
 
 impl std::fmt::Display for ChangeAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 

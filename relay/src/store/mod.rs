@@ -6,13 +6,28 @@
 //! new state is published (route snapshot + event) before the lock is
 //! released, so subscribers see versions strictly in order.
 //!
+//!
+//! Nothing acknowledged is lost without a word: after the commit, and
+//! before the answer, each change is also appended to a journal file and
+//! fsynced; a rolling online backup bounds the journal. At open the store
+//! is checked (a SQLite file, every page sound, every journaled change
+//! present) before anything is written to it, and a damaged store is
+//! refused with the command that rebuilds it from backup + journal
+//! ([`recover`]).
+//!
 //! One file per concern, none importing another in a circle: `sql`
 //! (helpers), `schema` (migrations), `routes`, `changes` (the log and its
-//! replay), `health`, `seeds`. This file holds the [`Store`] handle and
-//! wires them into transactions.
+//! replay), `health`, `seeds`, `files` (names and the lock), `journal`,
+//! `backup`, `integrity` (the checks at open), `recover`. This file holds
+//! the [`Store`] handle and wires them into transactions.
 
+mod backup;
 mod changes;
+pub mod files;
 mod health;
+mod integrity;
+pub mod journal;
+mod recover;
 mod routes;
 mod schema;
 mod seeds;
@@ -31,8 +46,11 @@ use crate::error::{Error, Result};
 use crate::model::{Change, ChangeAction, HealthCheck, HealthStatus, NewRoute, Route, RoutePatch, validate};
 use crate::routes::RouteSet;
 use changes::Written;
+use files::StoreFiles;
+use journal::{Entry, Journal, Seed};
 use sql::{db, json_value};
 
+pub use recover::{Recovery, recover};
 pub use routes::set_checksum;
 pub(crate) use sql::now;
 
@@ -48,6 +66,14 @@ pub const MAX_ENABLED_ROUTES: usize = tunnel_proto::limits::MAX_ROUTES_PER_SESSI
 /// Events are small (see [`ChangeEvent`]), so a stalled subscriber pins at
 /// most this many of them.
 pub const EVENT_BUFFER: usize = 1024;
+
+/// Journal records after which the store takes a new backup and empties
+/// the journal (see `journal` and `backup`): what bounds the journal.
+pub const ROTATE_RECORDS: u64 = 1000;
+/// Journal bytes after which the same happens (a rollback record holds the
+/// whole route set twice).
+pub const ROTATE_BYTES: u64 = 16 * 1024 * 1024;
+const _: () = assert!(ROTATE_BYTES < journal::MAX_JOURNAL / 4);
 
 /// Something that happened to the configuration, in commit order.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -75,34 +101,120 @@ pub struct ChangeEvent {
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    inner: Arc<Mutex<Inner>>,
     routes: Arc<RouteSet>,
     events: broadcast::Sender<Event>,
     /// [`MAX_ENABLED_ROUTES`], lowered by tests.
     route_limit: usize,
 }
 
+/// What the store's lock guards: the database, its journal and when to
+/// back up next.
+struct Inner {
+    conn: Connection,
+    journal: Journal,
+    files: StoreFiles,
+    /// Journal records that trigger a backup ([`ROTATE_RECORDS`]; lowered
+    /// by tests).
+    rotate_records: u64,
+    /// The journal missed a change (its append failed) and no backup
+    /// covered it yet: the next write takes a backup first.
+    needs_backup: bool,
+    /// Held shared while the store is open: keeps a recovery out.
+    _lock: std::fs::File,
+}
+
+impl Inner {
+    /// Backs the store up and empties the journal, which the backup now
+    /// covers. On an error the journal keeps growing and this is tried
+    /// again after as many records again.
+    fn rotate(&mut self) -> Result<u64> {
+        let version = backup::take(&self.conn, &self.files)?;
+        self.journal.reset(version).map_err(|e| {
+            self.needs_backup = true;
+            Error::Store(format!("{}: {e}", self.journal.path().display()))
+        })?;
+        self.needs_backup = false;
+        tracing::debug!(version, "store backed up; journal emptied");
+        Ok(version)
+    }
+
+    /// Puts committed `entries` in the second place an acknowledgement
+    /// needs: the journal, or if it can't be written, a new backup.
+    fn journal(&mut self, entries: &[Entry]) -> Result<()> {
+        let appended = self.journal.append(entries);
+        match appended {
+            Ok(()) => {
+                let due = self.journal.records() >= self.rotate_records || self.journal.bytes() >= ROTATE_BYTES;
+                if due && let Err(e) = self.rotate() {
+                    tracing::warn!(error = %e, "the store's rolling backup failed; the journal keeps every change meanwhile");
+                    self.rotate_records = self.journal.records() + self.rotate_records;
+                }
+                Ok(())
+            }
+            Err(journal_error) => {
+                self.needs_backup = true;
+                self.rotate().map(|_| ()).map_err(|backup_error| {
+                    Error::Store(format!(
+                        "the change is in {} but neither in its journal ({journal_error}) nor in a backup \
+                         ({backup_error}); check the disk",
+                        self.files.db.display()
+                    ))
+                })
+            }
+        }
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) `path`, migrates it, publishes its routes.
+    /// Opens (creating if needed) `path`, checks it, migrates it, backs it
+    /// up, publishes its routes.
+    ///
+    /// A missing file is a fresh store. A file that is empty, not SQLite,
+    /// fails `PRAGMA integrity_check`, or lacks changes its journal or
+    /// backup hold (acknowledged, then lost) is refused with
+    /// [`Error::Damaged`], which names the recovery command; nothing is
+    /// written to it first.
     pub fn open(path: &Path) -> Result<Store> {
-        let mut conn = Connection::open(path).map_err(|e| Error::Store(format!("{}: {e}", path.display())))?;
+        let files = StoreFiles::new(path);
+        let lock = files::lock_shared(&files)?;
+        let inspected = integrity::inspect(&files, true)?;
+        let mut conn = inspected.conn;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
+        if let Some(tail) = inspected.journal.as_ref().and_then(|j| j.tail.clone()) {
+            // A crash while appending (the change it carried was committed
+            // here, never acknowledged) or later damage; relay.db was found
+            // whole, and the backup taken below covers it all.
+            tracing::warn!(journal = %files.journal.display(), %tail, "the store's journal ends in a damaged record; relay.db holds every change, so it is started afresh");
+            keep_aside(&files.journal, "torn");
+        }
         // FULL: a commit is on disk before the API answers, so a kill -9 or a
         // power cut never loses an acknowledged write.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
-        )
-        .map_err(db)?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+            .map_err(db)?;
         schema::migrate(&mut conn, path)?;
+        // Whole: closing may checkpoint again.
+        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+            .map_err(db)?;
+        let version = backup::take(&conn, &files)?;
+        let journal = Journal::create(&files.journal, version)
+            .map_err(|e| Error::Store(format!("{}: {e}", files.journal.display())))?;
         let routes = Arc::new(RouteSet::default());
         routes.publish(changes::current_version(&conn)?, &routes::load_routes(&conn)?);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
+            inner: Arc::new(Mutex::new(Inner {
+                conn,
+                journal,
+                files,
+                rotate_records: ROTATE_RECORDS,
+                needs_backup: false,
+                _lock: lock,
+            })),
             routes,
             events,
             route_limit: MAX_ENABLED_ROUTES,
@@ -126,26 +238,53 @@ impl Store {
         self.events.subscribe()
     }
 
-    async fn with<T: Send + 'static>(
+    /// The same store taking a backup every `records` journal records
+    /// (tests of the rolling backup).
+    #[cfg(test)]
+    fn with_rotation_every(self, records: u64) -> Store {
+        self.lock().rotate_records = records;
+        self
+    }
+
+    #[cfg(test)]
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn with_inner<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || f(&mut conn.lock().unwrap_or_else(|e| e.into_inner())))
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock().unwrap_or_else(|e| e.into_inner())))
             .await
             .map_err(|e| Error::Store(format!("store task failed: {e}")))?
     }
 
-    /// One transaction: the write, then the change log entry; then publish.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.with_inner(move |inner| f(&mut inner.conn)).await
+    }
+
+    /// One transaction: the write, then the change log entry; then the
+    /// journal; then publish. `seed` is recorded in the journal with it.
     async fn write(
         &self,
         actor: &str,
+        seed: Option<Seed>,
         f: impl FnOnce(&Transaction<'_>) -> Result<Written> + Send + 'static,
     ) -> Result<Change> {
         let (actor, routes, events) = (actor.to_owned(), self.routes.clone(), self.events.clone());
         let limit = self.route_limit;
-        self.with(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
+        self.with_inner(move |inner| {
+            if inner.needs_backup {
+                // The journal missed a change: no new one is acknowledged
+                // until a backup covers it.
+                inner.rotate()?;
+            }
+            let tx = inner.conn.transaction().map_err(db)?;
             let enabled_before = routes::count_enabled(&tx)?;
             let w = f(&tx)?;
             let all = routes::load_routes(&tx)?;
@@ -162,16 +301,7 @@ impl Store {
             let at = now();
             let version = changes::append(&tx, &at, &actor, &w, &checksum)?;
             tx.commit().map_err(db)?;
-            routes.publish(version, &all);
-            let _ = events.send(Event::Change(ChangeEvent {
-                version,
-                at: at.clone(),
-                actor: actor.clone(),
-                action: w.action,
-                route_id: w.route_id,
-                checksum: checksum.clone(),
-            }));
-            Ok(Change {
+            let change = Change {
                 version,
                 at,
                 actor,
@@ -180,7 +310,22 @@ impl Store {
                 before: w.before,
                 after: w.after,
                 checksum,
-            })
+            };
+            let mut entries = vec![Entry::Change(change.clone())];
+            entries.extend(seed.map(Entry::Seed));
+            let journaled = inner.journal(&entries);
+            // Committed either way: what is served follows relay.db. Only
+            // the answer depends on the second copy.
+            routes.publish(version, &all);
+            let _ = events.send(Event::Change(ChangeEvent {
+                version,
+                at: change.at.clone(),
+                actor: change.actor.clone(),
+                action: change.action,
+                route_id: change.route_id,
+                checksum: change.checksum.clone(),
+            }));
+            journaled.map(|()| change)
         })
         .await
     }
@@ -201,11 +346,11 @@ impl Store {
 
     pub async fn add(&self, mut new: NewRoute, actor: &str) -> Result<Change> {
         validate(&mut new).map_err(Error::Invalid)?;
-        self.write(actor, move |tx| routes::insert_new(tx, new)).await
+        self.write(actor, None, move |tx| routes::insert_new(tx, new)).await
     }
 
     pub async fn update(&self, id: u64, patch: RoutePatch, actor: &str) -> Result<Change> {
-        self.write(actor, move |tx| {
+        self.write(actor, None, move |tx| {
             let before = routes::load_route(tx, id)?;
             let mut new = patch.apply(&before);
             validate(&mut new).map_err(Error::Invalid)?;
@@ -222,7 +367,7 @@ impl Store {
     }
 
     pub async fn remove(&self, id: u64, actor: &str) -> Result<Change> {
-        self.write(actor, move |tx| {
+        self.write(actor, None, move |tx| {
             let before = routes::load_route(tx, id)?;
             routes::delete_route(tx, id)?;
             health::forget(tx, id)?;
@@ -239,7 +384,7 @@ impl Store {
     /// Makes the route set what it was at `version` (0: empty), as a new
     /// change on top of the log.
     pub async fn rollback(&self, version: u64, actor: &str) -> Result<Change> {
-        self.write(actor, move |tx| {
+        self.write(actor, None, move |tx| {
             let current = changes::current_version(tx)?;
             if version > current {
                 return Err(Error::NotFound(format!("version {version} (the latest is {current})")));
@@ -344,8 +489,22 @@ impl Store {
                             "the store keeps its target for this route; change it with `routehub routes edit`"
                         );
                     }
-                    let (host, path, target) = (seed.host, seed.path, seed.target);
-                    self.with(move |c| seeds::record(c, &host, &path, &target)).await?;
+                    let seed = Seed {
+                        host: seed.host,
+                        path: seed.path,
+                        target: seed.target,
+                    };
+                    self.with_inner(move |inner| {
+                        seeds::record(&inner.conn, &seed.host, &seed.path, &seed.target)?;
+                        // Not an acknowledged change: a journal that can't
+                        // take it only loses the record, which the next
+                        // backup holds anyway.
+                        if let Err(e) = inner.journal.append(&[Entry::Seed(seed)]) {
+                            tracing::warn!(error = %e, "a seed was not journaled");
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 }
                 (false, None) => match self.add_seed(seed).await {
                     Ok(_) => added += 1,
@@ -360,10 +519,29 @@ impl Store {
 
     /// Adds a seed route and records the seed, in one transaction.
     async fn add_seed(&self, new: NewRoute) -> Result<Change> {
-        self.write("config", move |tx| {
+        let seed = Seed {
+            host: new.host.clone(),
+            path: new.path.clone(),
+            target: new.target.clone(),
+        };
+        self.write("config", Some(seed), move |tx| {
             seeds::record(tx, &new.host, &new.path, &new.target)?;
             routes::insert_new(tx, new)
         })
         .await
+    }
+}
+
+/// Moves `path` aside (to `<name>.<what>-<unix time>`), keeping it for a
+/// person to look at; the store goes on without it.
+fn keep_aside(path: &Path, what: &str) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".{what}-{secs}"));
+    match std::fs::rename(path, &aside) {
+        Ok(()) => tracing::warn!(kept = %Path::new(&aside).display(), "kept aside"),
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not keep the file aside"),
     }
 }

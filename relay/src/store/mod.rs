@@ -117,6 +117,9 @@ struct Inner {
     /// Journal records that trigger a backup ([`ROTATE_RECORDS`]; lowered
     /// by tests).
     rotate_records: u64,
+    /// The journal's record count at which the next backup is due: after
+    /// a failed one, `rotate_records` later again.
+    rotate_at: u64,
     /// The journal missed a change (its append failed) and no backup
     /// covered it yet: the next write takes a backup first.
     needs_backup: bool,
@@ -135,6 +138,7 @@ impl Inner {
             Error::Store(format!("{}: {e}", self.journal.path().display()))
         })?;
         self.needs_backup = false;
+        self.rotate_at = self.rotate_records;
         tracing::debug!(version, "store backed up; journal emptied");
         Ok(version)
     }
@@ -145,10 +149,10 @@ impl Inner {
         let appended = self.journal.append(entries);
         match appended {
             Ok(()) => {
-                let due = self.journal.records() >= self.rotate_records || self.journal.bytes() >= ROTATE_BYTES;
+                let due = self.journal.records() >= self.rotate_at || self.journal.bytes() >= ROTATE_BYTES;
                 if due && let Err(e) = self.rotate() {
                     tracing::warn!(error = %e, "the store's rolling backup failed; the journal keeps every change meanwhile");
-                    self.rotate_records = self.journal.records() + self.rotate_records;
+                    self.rotate_at = self.journal.records() + self.rotate_records;
                 }
                 Ok(())
             }
@@ -212,6 +216,7 @@ impl Store {
                 journal,
                 files,
                 rotate_records: ROTATE_RECORDS,
+                rotate_at: ROTATE_RECORDS,
                 needs_backup: false,
                 _lock: lock,
             })),
@@ -242,7 +247,9 @@ impl Store {
     /// (tests of the rolling backup).
     #[cfg(test)]
     fn with_rotation_every(self, records: u64) -> Store {
-        self.lock().rotate_records = records;
+        let mut inner = self.lock();
+        (inner.rotate_records, inner.rotate_at) = (records, records);
+        drop(inner);
         self
     }
 

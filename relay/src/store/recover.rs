@@ -349,9 +349,13 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
     let first = after.keys().next().copied();
     if continues_from > base_version || first.is_some_and(|v| v != base_version + 1) {
         let from = first.map_or(continues_from, |v| v - 1).max(continues_from);
+        let backup = match backup_version {
+            Some(_) => format!("the backup holds version {base_version}"),
+            None => format!("there is no backup ({} is missing)", files.backup.display()),
+        };
         return Err(Error::Store(format!(
-            "the backup holds version {base_version} but the journal continues from version {from}: \
-             versions {}..={from} are in neither; nothing was changed",
+            "{backup} but the journal continues from version {from}: versions {}..={from} are in \
+             neither; nothing was changed",
             base_version + 1
         )));
     }

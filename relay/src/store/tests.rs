@@ -617,3 +617,32 @@ async fn recovery_leaves_a_whole_or_running_store_alone() {
     drop(recovering);
     assert_eq!(Store::open(&path).unwrap().list().await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_failing_backup_fails_no_write_and_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let store = Store::open(&path).unwrap().with_rotation_every(2);
+    // The backup can't be renamed into place while a directory is there.
+    let backup = path.with_extension("backup");
+    std::fs::remove_file(&backup).unwrap();
+    std::fs::create_dir(&backup).unwrap();
+    for i in 1..=3 {
+        store.add(route(&format!("h{i}.test")), "t").await.expect("journaled");
+    }
+    assert_eq!(
+        journal_versions(&path),
+        (Some(0), vec![1, 2, 3]),
+        "the journal keeps them all"
+    );
+    std::fs::remove_dir(&backup).unwrap();
+    // Tried again two records after the failed attempt (at 2): at 4.
+    store.add(route("h4.test"), "t").await.unwrap();
+    assert_eq!(journal_versions(&path), (Some(4), vec![]));
+    assert_eq!(backup_version(&path), 4);
+    // Then after the usual count again.
+    store.add(route("h5.test"), "t").await.unwrap();
+    assert_eq!(journal_versions(&path), (Some(4), vec![5]));
+    store.add(route("h6.test"), "t").await.unwrap();
+    assert_eq!(journal_versions(&path), (Some(6), vec![]));
+}

@@ -231,7 +231,7 @@ async fn write_reply(admin: &Admin, status: StatusCode, change: crate::model::Ch
         let Some(session) = g.session.as_ref() else {
             continue;
         };
-        if !session.routes_version_acked.is_some_and(|v| v >= change.version) {
+        if session.routes_version_acked.is_none_or(|v| v < change.version) {
             continue;
         }
         match change.route_id.and_then(|id| session.refused.get(&id)) {

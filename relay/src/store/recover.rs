@@ -361,8 +361,7 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
     }
     let tx = conn.transaction().map_err(db)?;
     let mut replayed = Vec::new();
-    let mut expected = base_version + 1;
-    for (version, change) in after {
+    for (expected, (version, change)) in (base_version + 1..).zip(after) {
         if version != expected {
             return Err(Error::Store(format!(
                 "the journal has no version {expected} (it goes on at {version}); nothing was changed"
@@ -382,7 +381,6 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
             actor: change.actor.clone(),
             at: change.at.clone(),
         });
-        expected += 1;
     }
     let mut seed_count = 0;
     for entry in scan.into_iter().flat_map(|s| &s.entries) {

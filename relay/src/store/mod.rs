@@ -28,6 +28,8 @@ mod health;
 mod integrity;
 pub mod journal;
 mod recover;
+#[cfg(test)]
+mod recovery_tests;
 mod routes;
 mod schema;
 mod seeds;

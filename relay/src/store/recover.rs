@@ -72,6 +72,9 @@ pub struct Replayed {
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Some(problem) = &self.problem else {
+            if self.version == 0 && self.routes == 0 {
+                return writeln!(f, "{}: no change stored yet; nothing to recover", self.db.display());
+            }
             return writeln!(
                 f,
                 "{} is whole (version {}, {} routes, and every journaled change in it): nothing to recover",
@@ -140,7 +143,10 @@ impl std::fmt::Display for Recovery {
 pub fn recover(store: &Path) -> Result<Recovery> {
     let files = StoreFiles::new(store);
     if !files.dir.is_dir() {
-        return Err(Error::Store(format!("{} is not a directory", files.dir.display())));
+        return Err(Error::Store(format!(
+            "there is no directory {}: give the relay's --data-dir",
+            files.dir.display()
+        )));
     }
     let _lock = files::lock_exclusive(&files)?;
     let problem = match integrity::inspect(&files, false) {

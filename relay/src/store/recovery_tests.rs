@@ -313,3 +313,34 @@ async fn a_failing_backup_fails_no_write_and_is_tried_again() {
     store.add(route("h6.test"), "t").await.unwrap();
     assert_eq!(journal_versions(&path), (Some(6), vec![]));
 }
+
+#[tokio::test]
+async fn a_foreign_journal_is_refused_and_recovery_keeps_the_store_that_holds_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let (routes, checksum) = {
+        let store = Store::open(&path).unwrap();
+        store.add(route("a.test"), "api").await.unwrap();
+        store.add(route("b.test"), "api").await.unwrap();
+        (store.list().await.unwrap(), store.version().await.unwrap().1)
+    };
+    let journal = path.with_extension("journal");
+    std::fs::write(&journal, b"not a journal at all").unwrap();
+    let err = Store::open(&path).err().expect("refused").to_string();
+    assert!(
+        err.contains("relay.journal is not a Routehub change journal") && err.contains(&recover_command(&path)),
+        "{err}"
+    );
+    let report = recover(&path).unwrap();
+    let text = report.to_string();
+    assert_eq!(report.base, recover::Base::Store { version: 2, routes: 2 }, "{text}");
+    assert!(report.journal_unreadable.is_some(), "{text}");
+    let (kept, _) = report.kept.clone().unwrap();
+    assert_eq!(
+        std::fs::read(kept.join("relay.journal")).unwrap(),
+        b"not a journal at all"
+    );
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.list().await.unwrap(), routes);
+    assert_eq!(store.version().await.unwrap(), (2, checksum));
+}

@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::limits::MAX_HOSTNAME_LEN;
 
 fn invalid(name: &str, reason: &'static str) -> Error {
-    let mut name = name.to_owned();
-    name.truncate(80);
+    // Cut on a character boundary: the name may be any UTF-8 a peer sent.
+    let name = name.chars().take(80).collect();
     Error::InvalidHostname { name, reason }
 }
 
@@ -182,6 +182,16 @@ mod tests {
         ] {
             assert!(normalize_hostname(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    /// A name a peer sent (a `Hello` hostname, say) may be any UTF-8; the
+    /// error quoting it must not cut a character in two.
+    #[test]
+    fn a_refused_name_is_quoted_without_splitting_a_character() {
+        let name = format!("a{}", "é".repeat(50));
+        assert!(normalize_hostname(&name).is_err());
+        assert!(HostPattern::parse(&name).is_err());
+        assert!(HostPattern::parse(&format!("*.{name}")).is_err());
     }
 
     #[test]

@@ -105,7 +105,8 @@ for t in "${targets[@]}"; do
     rate=$(stat average_exec_per_sec "$log")
     total_execs=$((total_execs + ${execs:-0}))
     if $merge && [ "$result" = ok ]; then
-        "${fuzz[@]}" run "${flags[@]}" "$t" "fuzz/corpus/$t" "$scratch/$t" -- -merge=1 >>"$log" 2>&1
+        "${fuzz[@]}" run "${flags[@]}" "$t" "fuzz/corpus/$t" "$scratch/$t" -- -set_cover_merge=1 -use_counters=0 >>"$log" 2>&1 ||
+            echo "fuzz: merging new inputs of $t into fuzz/corpus/$t failed" >&2
     fi
     corpus=$(find "fuzz/corpus/$t" -type f | wc -l)
     printf '%-16s %6s %12s %9s %7s  %s\n' "$t" "$seconds" "${execs:-?}" "${rate:-?}" "$corpus" "$result"

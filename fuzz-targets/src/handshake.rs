@@ -57,7 +57,9 @@ fn wire(frame: &Frame) -> Option<Frame> {
 /// `Reject` as sent.
 pub fn handshake(data: &[u8]) {
     let mut u = Unstructured::new(data);
-    let _ = pair(&mut u).and_then(|()| server_alone(&mut u)).and_then(|()| client_alone(&mut u));
+    let _ = pair(&mut u)
+        .and_then(|()| server_alone(&mut u))
+        .and_then(|()| client_alone(&mut u));
 }
 
 fn pair(u: &mut Unstructured) -> Result<()> {
@@ -225,7 +227,11 @@ fn server_alone(u: &mut Unstructured) -> Result<()> {
                 ServerModel::Done
             }
             (ServerModel::AwaitProof(key), Ok(ServerEvent::Verified(v))) => {
-                assert_eq!(proof_by, Some(key), "verified without a genuine proof by the Hello's key");
+                assert_eq!(
+                    proof_by,
+                    Some(key),
+                    "verified without a genuine proof by the Hello's key"
+                );
                 assert_eq!(v.key, key);
                 let mut sorted = v.hostnames.clone();
                 sorted.sort();

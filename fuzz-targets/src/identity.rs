@@ -40,7 +40,8 @@ fn check_loaded(doc: &IdentityDoc) {
     let json = serde_json::to_string(doc).expect("a document serialises");
     let back: IdentityDoc = serde_json::from_str(&json).expect("a serialised document parses");
     assert_eq!(&back, doc, "the document changed through JSON");
-    back.validate().expect("a valid document still validates after a round trip");
+    back.validate()
+        .expect("a valid document still validates after a round trip");
     for (name, user) in &doc.users {
         for kid in user.keys.keys() {
             assert_eq!(back.key_owner(kid), Some(name.as_str()));
@@ -83,7 +84,13 @@ fn changes(u: &mut Unstructured) -> Result<()> {
         .collect();
     let user_keys: Vec<String> = crate::jws::user_public_keys()
         .iter()
-        .map(|k| if u.ratio(1, 2).unwrap_or(false) { k.to_pem() } else { k.to_jwk("x").to_string() })
+        .map(|k| {
+            if u.ratio(1, 2).unwrap_or(false) {
+                k.to_pem()
+            } else {
+                k.to_jwk("x").to_string()
+            }
+        })
         .collect();
     for _ in 0..16 {
         if u.is_empty() {
@@ -108,7 +115,11 @@ fn changes(u: &mut Unstructured) -> Result<()> {
             2 => doc.add_host(&input::hostname(u)?, &name(u)?).map(drop),
             3 => doc.rm_host(&input::hostname(u)?),
             4 => {
-                let key = if u.ratio(3, 4)? { u.choose(&relay_keys)?.clone() } else { input::text(u)? };
+                let key = if u.ratio(3, 4)? {
+                    u.choose(&relay_keys)?.clone()
+                } else {
+                    input::text(u)?
+                };
                 doc.add_relay_key(&key, &name(u)?).map(drop)
             }
             5 => doc.rm_relay_key(u.choose(&relay_keys)?),

@@ -48,9 +48,7 @@ pub fn text(u: &mut Unstructured) -> Result<String> {
         return u.arbitrary();
     }
     let len = u.int_in_range(0..=12)?;
-    (0..len)
-        .map(|_| u.int_in_range(b' '..=b'~').map(char::from))
-        .collect()
+    (0..len).map(|_| u.int_in_range(b' '..=b'~').map(char::from)).collect()
 }
 
 /// Up to `max` items made by `f`.

@@ -89,11 +89,7 @@ fn run(u: &mut Unstructured) -> Result<()> {
     }
     let signer_index = usize::from(u.arbitrary::<bool>()?);
     let signer = &signing_keys()[signer_index];
-    let verifier_index = if u.ratio(3, 4)? {
-        signer_index
-    } else {
-        1 - signer_index
-    };
+    let verifier_index = if u.ratio(3, 4)? { signer_index } else { 1 - signer_index };
     let verifier = signing_keys()[verifier_index].public_key();
     let (header, header_ok) = header(u, &signer.public_key())?;
     let (claims, claims_ok) = claims(u)?;
@@ -245,10 +241,21 @@ fn strip_unknown(v: &Value) -> Value {
 }
 
 fn check_window(c: &Claims, u: &mut Unstructured) -> Result<()> {
-    let host = if u.ratio(3, 4)? { c.aud.clone() } else { input::hostname(u)? };
+    let host = if u.ratio(3, 4)? {
+        c.aud.clone()
+    } else {
+        input::hostname(u)?
+    };
     let now: u64 = match u.int_in_range(0..=3)? {
-        0 => c.exp.saturating_add(u.int_in_range(0..=2 * LEEWAY_SECS)?).saturating_sub(LEEWAY_SECS),
-        1 => c.nbf.unwrap_or(0).saturating_add(u.int_in_range(0..=2 * LEEWAY_SECS)?).saturating_sub(LEEWAY_SECS),
+        0 => c
+            .exp
+            .saturating_add(u.int_in_range(0..=2 * LEEWAY_SECS)?)
+            .saturating_sub(LEEWAY_SECS),
+        1 => c
+            .nbf
+            .unwrap_or(0)
+            .saturating_add(u.int_in_range(0..=2 * LEEWAY_SECS)?)
+            .saturating_sub(LEEWAY_SECS),
         _ => u.arbitrary()?,
     };
     match c.check(&host, now) {

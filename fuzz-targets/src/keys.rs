@@ -81,7 +81,10 @@ pub fn user_key(data: &[u8]) {
         assert_eq!(jwk["alg"], key.alg());
     }
     if let Ok(sk) = UserSigningKey::from_pem(&text) {
-        assert!(UserPublicKey::parse(&text).is_err(), "a private key was taken for a public one");
+        assert!(
+            UserPublicKey::parse(&text).is_err(),
+            "a private key was taken for a public one"
+        );
         let pk = sk.public_key();
         let sig = sk.sign(b"message").expect("a loaded key signs");
         assert!(pk.verify(pk.alg(), b"message", &sig));

@@ -30,7 +30,7 @@ pub use identity::identity;
 pub use jws::jws;
 pub use keys::{authorized_keys, user_key};
 pub use names::host_pattern;
-pub use routes::{route_sync, route_spec};
+pub use routes::{route_spec, route_sync};
 
 /// One fuzz target: the name of its cargo-fuzz target (and of its corpus
 /// and regression directories) and the function it runs.
@@ -70,10 +70,7 @@ pub const TARGETS: &[Target] = &[
         name: "user_key",
         run: user_key,
     },
-    Target {
-        name: "jws",
-        run: jws,
-    },
+    Target { name: "jws", run: jws },
     Target {
         name: "identity",
         run: identity,

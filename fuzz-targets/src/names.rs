@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use tunnel_proto::limits::MAX_HOSTNAME_LEN;
-use tunnel_proto::names::{MAX_PATH_PREFIX, host_of_authority, normalize_hostname, normalize_path_prefix, path_matches};
+use tunnel_proto::names::{
+    MAX_PATH_PREFIX, host_of_authority, normalize_hostname, normalize_path_prefix, path_matches,
+};
 use tunnel_proto::{Cidr, HostPattern};
 
 /// One string through every name parser (each line of it, too, so a
@@ -26,7 +28,11 @@ fn check(s: &str) {
     if let Ok(h) = normalize_hostname(s) {
         assert!(h.len() <= MAX_HOSTNAME_LEN && !h.ends_with('.'));
         assert_eq!(h, h.to_ascii_lowercase());
-        assert_eq!(normalize_hostname(&h).ok().as_deref(), Some(h.as_str()), "not a fixed point");
+        assert_eq!(
+            normalize_hostname(&h).ok().as_deref(),
+            Some(h.as_str()),
+            "not a fixed point"
+        );
         assert_eq!(HostPattern::parse(&h).ok(), Some(HostPattern::Exact(h.clone())));
         assert_eq!(host_of_authority(&h).as_deref(), Some(h.as_str()));
         assert_eq!(host_of_authority(&format!("{h}:443")).as_deref(), Some(h.as_str()));
@@ -40,7 +46,11 @@ fn check(s: &str) {
     if let Ok(p) = normalize_path_prefix(s) {
         assert!(p.starts_with('/') && p.len() <= MAX_PATH_PREFIX);
         assert!(p == "/" || !p.ends_with('/'));
-        assert_eq!(normalize_path_prefix(&p).ok().as_deref(), Some(p.as_str()), "not a fixed point");
+        assert_eq!(
+            normalize_path_prefix(&p).ok().as_deref(),
+            Some(p.as_str()),
+            "not a fixed point"
+        );
         assert!(path_matches(&p, &p));
         assert!(path_matches(&p, &format!("{p}/x")));
         assert!(p == "/" || !path_matches(&p, &format!("{p}x")));
@@ -53,7 +63,11 @@ fn check(s: &str) {
 /// A pattern the parser accepted.
 pub(crate) fn check_pattern(p: &HostPattern) {
     let text = p.to_string();
-    assert_eq!(HostPattern::parse(&text).ok().as_ref(), Some(p), "{text:?} re-parses differently");
+    assert_eq!(
+        HostPattern::parse(&text).ok().as_ref(),
+        Some(p),
+        "{text:?} re-parses differently"
+    );
     assert!(text.len() <= MAX_HOSTNAME_LEN, "{text:?} does not fit in a Hello");
     assert!(p.overlaps(p));
     match p {

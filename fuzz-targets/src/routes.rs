@@ -123,7 +123,11 @@ fn sync(u: &mut Unstructured) -> Result<()> {
             } else {
                 u.int_in_range(0..=20)?
             },
-            checksum: if honest { checksum(after.values()) } else { u.arbitrary()? },
+            checksum: if honest {
+                checksum(after.values())
+            } else {
+                u.arbitrary()?
+            },
             kind,
             upserts,
             removes,
@@ -144,7 +148,11 @@ fn sync(u: &mut Unstructured) -> Result<()> {
             (Ok(Applied::Pending), UpdateKind::Full { first, last }) => {
                 assert!(!last);
                 assert!(first || pending.is_some(), "a chunk without its first part was kept");
-                let mut all = if first { Vec::new() } else { pending.take().unwrap_or_default() };
+                let mut all = if first {
+                    Vec::new()
+                } else {
+                    pending.take().unwrap_or_default()
+                };
                 all.extend(update.upserts.iter().cloned());
                 pending = Some(all);
             }

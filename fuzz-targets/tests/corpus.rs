@@ -45,7 +45,12 @@ fn replay(inputs: &[(String, PathBuf)]) {
             failed.push(path.display().to_string());
         }
     }
-    assert!(failed.is_empty(), "{} inputs fail:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} inputs fail:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]

@@ -571,10 +571,24 @@ mod tests {
     /// an address that parses back to itself.
     #[test]
     fn a_gateway_host_is_a_name_or_an_ip_address() {
-        for bad in ["83m44:[::1]:443", "a:b:c", "gw example.com", "gw/x:443", "[gw x]:443", "-gw.test"] {
+        for bad in [
+            "83m44:[::1]:443",
+            "a:b:c",
+            "gw example.com",
+            "gw/x:443",
+            "[gw x]:443",
+            "-gw.test",
+        ] {
             assert!(GatewayAddr::parse(bad, Some("gw.test")).is_err(), "{bad:?} accepted");
         }
-        for good in ["gw.example.com", "gw.example.com:8443", "10.0.0.1:443", "[::1]:8443", "::1", "[gw.test]:1"] {
+        for good in [
+            "gw.example.com",
+            "gw.example.com:8443",
+            "10.0.0.1:443",
+            "[::1]:8443",
+            "::1",
+            "[gw.test]:1",
+        ] {
             let a = GatewayAddr::parse(good, Some("gw.test")).unwrap();
             let again = GatewayAddr::parse(&a.to_string(), Some("gw.test")).unwrap();
             assert_eq!((again.host, again.port), (a.host, a.port), "{good:?}");

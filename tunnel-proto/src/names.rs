@@ -77,7 +77,10 @@ impl HostPattern {
                 // for it the wildcard matches nothing, and its own text
                 // would not fit in a `Hello`.
                 if suffix.len() + 2 > MAX_HOSTNAME_LEN {
-                    return Err(invalid(s, "a wildcard's suffix must leave room for a label (at most 251 bytes)"));
+                    return Err(invalid(
+                        s,
+                        "a wildcard's suffix must leave room for a label (at most 251 bytes)",
+                    ));
                 }
                 // `*.localhost` is fine: RFC 6761 keeps it on loopback.
                 if !suffix.contains('.') && suffix != "localhost" {

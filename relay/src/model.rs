@@ -284,6 +284,11 @@ pub fn validate(new: &mut NewRoute) -> Result<(), Invalid> {
         if !h.path.starts_with('/') || h.path.len() > 1024 {
             return Err("health.path must start with '/'".into());
         }
+        // The probe requests exactly this; a path that makes no URI would
+        // leave the route unhealthy for good.
+        if format!("{}{}", new.target, h.path).parse::<http::Uri>().is_err() {
+            return Err("health.path must be a URL path (no spaces or other characters to escape)".into());
+        }
         if !(1..=3600).contains(&h.interval_secs) {
             return Err("health.interval_secs must be 1..=3600".into());
         }
@@ -335,6 +340,22 @@ mod tests {
         ] {
             let mut r: NewRoute = serde_json::from_str(bad).unwrap();
             assert!(validate(&mut r).is_err(), "{bad}");
+        }
+    }
+
+    /// The probe requests `target + health.path`: a path that makes no
+    /// request URI would leave the route unhealthy forever.
+    #[test]
+    fn a_health_path_is_one_the_probe_can_request() {
+        for path in ["/healthz{ ", "/a b", "/a\\u0000"] {
+            let json = format!(r#"{{"host":"a.test","target":"8080","health":{{"path":"{path}"}}}}"#);
+            let mut r: NewRoute = serde_json::from_str(&json).unwrap();
+            assert!(validate(&mut r).is_err(), "{path:?} accepted");
+        }
+        for path in ["/", "/healthz", "/health?full=1", "//x", "/a%20b"] {
+            let json = format!(r#"{{"host":"a.test","target":"8080","health":{{"path":"{path}"}}}}"#);
+            let mut r: NewRoute = serde_json::from_str(&json).unwrap();
+            validate(&mut r).unwrap();
         }
     }
 

@@ -42,3 +42,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+# --- fuzz: short pass ---------------------------------------------------------
+# A few seconds per fuzz target from the saved corpus (cargo test above
+# already replayed it on stable). Needs a nightly toolchain and cargo-fuzz
+# (installed if missing); prints one line saying why when it skips.
+scripts/fuzz.sh --short
+# --- end fuzz -----------------------------------------------------------------

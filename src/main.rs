@@ -4,6 +4,7 @@ mod demo;
 mod gateway_cli;
 #[cfg(test)]
 mod overlay_tests;
+mod relay_cli;
 mod routes_cli;
 
 use std::net::SocketAddr;
@@ -35,7 +36,8 @@ enum Command {
     /// with a subcommand, manage a running one's orgs, hosts, keys, users
     /// and roles through its admin API.
     Gateway(Box<GatewayArgs>),
-    /// Run a relay: dial out to gateways and serve local services.
+    /// Run a relay: dial out to gateways and serve local services; or,
+    /// with `recover`, rebuild a stopped relay's damaged store.
     Relay(RelayArgs),
     /// Manage a running relay's routes (add, rm, edit, list, history, rollback).
     Routes(routes_cli::RoutesArgs),
@@ -176,10 +178,24 @@ struct AcmeArgs {
     acme_orders_per_hour: Option<u32>,
 }
 
+#[derive(Subcommand)]
+enum RelayCommand {
+    /// Rebuild a damaged store (relay.db) from its last backup and its
+    /// change journal, keeping the damaged files aside. Stop the relay first.
+    Recover {
+        /// The relay's data dir [default: --data-dir, else data_dir in --config, else the relay's default].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
 /// `routehub relay`, laid over the config file like [`GatewayArgs`];
 /// `--route` adds to the file's `[[route]]` entries.
 #[derive(clap::Args, Serialize)]
 struct RelayArgs {
+    #[command(subcommand)]
+    #[serde(skip)]
+    command: Option<RelayCommand>,
     /// TOML config file (flags override it).
     #[arg(long)]
     #[serde(skip)]
@@ -266,8 +282,12 @@ async fn run_gateway(mut args: GatewayArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_relay(args: RelayArgs) -> Result<()> {
+async fn run_relay(mut args: RelayArgs) -> Result<()> {
+    let command = args.command.take();
     let config: relay::RelayConfig = ops::overlay::load(args.config.as_deref(), &args, &["route"])?;
+    if let Some(RelayCommand::Recover { data_dir }) = command {
+        return relay_cli::recover(&data_dir.unwrap_or(config.data_dir));
+    }
     let relay = relay::Relay::start(config).await?;
     shutdown_signal().await;
     relay.shutdown();

@@ -1,11 +1,12 @@
 //! `routehub routes …`: the relay's admin API from the command line.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use relay::client::{AdminClient, find_token};
-use relay::model::{HealthCheck, NewRoute, Route, RoutePatch};
+use relay::model::{ChangeAction, HealthCheck, NewRoute, Route, RoutePatch};
 use serde_json::Value;
 
 #[derive(Args)]
@@ -97,14 +98,17 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
             if args.json {
                 return print_json(&serde_json::to_value(&routes)?);
             }
+            let refusals = refusals(&api.status().await.unwrap_or_default());
             let rows: Vec<Vec<String>> = routes
                 .iter()
                 .map(|r| {
-                    let state = match (r.enabled, health.iter().find(|h| h.route_id == r.id)) {
-                        (false, _) => "disabled".to_owned(),
-                        (true, Some(h)) if h.status == "healthy" => h.status.clone(),
-                        (true, Some(h)) => format!("{} ({})", h.status, h.detail),
-                        (true, None) => "enabled".to_owned(),
+                    let refused = refusals.get(&r.id);
+                    let state = match (r.enabled, refused, health.iter().find(|h| h.route_id == r.id)) {
+                        (false, _, _) => "disabled".to_owned(),
+                        (true, Some(why), _) => format!("refused ({})", why.join("; ")),
+                        (true, None, Some(h)) if h.status == "healthy" => h.status.clone(),
+                        (true, None, Some(h)) => format!("{} ({})", h.status, h.detail),
+                        (true, None, None) => "enabled".to_owned(),
                     };
                     vec![r.id.to_string(), r.name(), r.target.clone(), state]
                 })
@@ -184,7 +188,7 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                         c.version.to_string(),
                         c.at.clone(),
                         c.actor.clone(),
-                        describe(&c.action, &c.before, &c.after),
+                        describe(c.action, &c.before, &c.after),
                     ]
                 })
                 .collect();
@@ -231,30 +235,68 @@ async fn resolve(api: &AdminClient, route: &str) -> Result<u64> {
     }
 }
 
-fn written(json: &bool, what: &str, reply: Value) -> Result<()> {
-    if *json {
-        return print_json(&reply);
+/// Route id → `gateway: reason` for each connected gateway that refuses
+/// it, from `/api/status`.
+fn refusals(status: &Value) -> BTreeMap<u64, Vec<String>> {
+    let mut by_route: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    for (gateway, g) in status["gateways"].as_object().into_iter().flatten() {
+        for r in g["refused"].as_array().into_iter().flatten() {
+            if let Some(id) = r["route_id"].as_u64() {
+                let reason = r["reason"].as_str().unwrap_or("no reason given");
+                by_route.entry(id).or_default().push(format!("{gateway}: {reason}"));
+            }
+        }
     }
-    let route = reply.get("route").filter(|r| !r.is_null());
-    let name = route
+    by_route
+}
+
+/// Prints a write's outcome; an error (a failing exit status) when a
+/// gateway refused the route, which is then not live there.
+fn written(json: &bool, what: &str, reply: Value) -> Result<()> {
+    let refused: Vec<String> = reply["refused"]
+        .as_array()
+        .into_iter()
+        .flatten()
         .map(|r| {
             format!(
-                " {} ({} → {})",
-                r["id"],
-                r["host"].as_str().unwrap_or("?"),
-                r["target"].as_str().unwrap_or("?")
+                "{}: {}",
+                r["gateway"].as_str().unwrap_or("?"),
+                r["reason"].as_str().unwrap_or("no reason given")
             )
         })
-        .unwrap_or_default();
-    let gw = &reply["gateways"];
-    println!(
-        "{what}{name}: version {}, live on {}/{} gateway(s)",
-        reply["version"], gw["acknowledged"], gw["connected"]
-    );
+        .collect();
+    if *json {
+        print_json(&reply)?;
+    } else {
+        let route = reply.get("route").filter(|r| !r.is_null());
+        let name = route
+            .map(|r| {
+                format!(
+                    " {} ({} → {})",
+                    r["id"],
+                    r["host"].as_str().unwrap_or("?"),
+                    r["target"].as_str().unwrap_or("?")
+                )
+            })
+            .unwrap_or_default();
+        let gw = &reply["gateways"];
+        let live = gw.get("live").unwrap_or(&gw["acknowledged"]);
+        println!(
+            "{what}{name}: version {}, live on {live}/{} gateway(s)",
+            reply["version"], gw["connected"]
+        );
+    }
+    if !refused.is_empty() {
+        bail!(
+            "refused by {} gateway(s), which won't serve it: {}",
+            refused.len(),
+            refused.join("; ")
+        );
+    }
     Ok(())
 }
 
-fn describe(action: &str, before: &Value, after: &Value) -> String {
+fn describe(action: ChangeAction, before: &Value, after: &Value) -> String {
     let route = |v: &Value| {
         let path = v["path"].as_str().unwrap_or("/");
         format!(
@@ -264,11 +306,10 @@ fn describe(action: &str, before: &Value, after: &Value) -> String {
         )
     };
     match action {
-        "add" => format!("add {} → {}", route(after), after["target"].as_str().unwrap_or("?")),
-        "remove" => format!("remove {}", route(before)),
-        "update" => format!("update {}", route(after)),
-        "rollback" => format!("rollback ({} routes)", after.as_array().map_or(0, Vec::len)),
-        other => other.to_owned(),
+        ChangeAction::Add => format!("add {} → {}", route(after), after["target"].as_str().unwrap_or("?")),
+        ChangeAction::Remove => format!("remove {}", route(before)),
+        ChangeAction::Update => format!("update {}", route(after)),
+        ChangeAction::Rollback => format!("rollback ({} routes)", after.as_array().map_or(0, Vec::len)),
     }
 }
 

@@ -38,9 +38,15 @@ impl GatewayAddr {
         if host.is_empty() {
             return Err(bad("empty host"));
         }
+        // A name or an address, nothing else: peers listed in a gateway's
+        // `Welcome` land here too, and the address must print back as one.
+        let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+        if !is_ip && tunnel_proto::names::normalize_hostname(&host).is_err() {
+            return Err(bad("the host is neither a DNS name nor an IP address"));
+        }
         let server_name = match server_name {
             Some(n) => n.to_owned(),
-            None if host.parse::<std::net::IpAddr>().is_ok() => {
+            None if is_ip => {
                 return Err(bad(
                     "an IP address needs --server-name (the gateway certificate's name)",
                 ));
@@ -97,5 +103,34 @@ mod tests {
         );
         assert!(GatewayAddr::parse("gw:notaport", None).is_err());
         assert!(GatewayAddr::parse("", None).is_err());
+    }
+
+    /// Peers come from a gateway's `Welcome`: a host that is neither a DNS
+    /// name nor an IP address is refused, and what is accepted prints as
+    /// an address that parses back to itself.
+    #[test]
+    fn a_gateway_host_is_a_name_or_an_ip_address() {
+        for bad in [
+            "83m44:[::1]:443",
+            "a:b:c",
+            "gw example.com",
+            "gw/x:443",
+            "[gw x]:443",
+            "-gw.test",
+        ] {
+            assert!(GatewayAddr::parse(bad, Some("gw.test")).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "gw.example.com",
+            "gw.example.com:8443",
+            "10.0.0.1:443",
+            "[::1]:8443",
+            "::1",
+            "[gw.test]:1",
+        ] {
+            let a = GatewayAddr::parse(good, Some("gw.test")).unwrap();
+            let again = GatewayAddr::parse(&a.to_string(), Some("gw.test")).unwrap();
+            assert_eq!((again.host, again.port), (a.host, a.port), "{good:?}");
+        }
     }
 }

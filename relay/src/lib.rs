@@ -50,6 +50,39 @@ pub struct Relay {
 /// The store's file in the data dir.
 pub const STORE_FILE: &str = "relay.db";
 
+/// The store entries `routes` seed, each checked; two for one host and
+/// path are an error naming both (the second would be dropped: the store
+/// keeps one target per host and path).
+fn checked_seeds(routes: &[RouteConfig]) -> Result<Vec<model::NewRoute>> {
+    let written = |r: &RouteConfig| {
+        let path = if r.path == "/" { "" } else { r.path.as_str() };
+        format!("{}{path}={}", r.host, r.target)
+    };
+    let mut seen = std::collections::HashMap::new();
+    let mut seeds = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        let mut new = r.to_new_route();
+        model::validate(&mut new).map_err(|reason| Error::Route {
+            route: written(r),
+            reason,
+        })?;
+        if let Some(first) = seen.insert((new.host.clone(), new.path.clone()), i) {
+            let path = if new.path == "/" { "" } else { new.path.as_str() };
+            return Err(Error::Route {
+                route: format!("{}{path}", new.host),
+                reason: format!(
+                    "given twice, as `{}` and as `{}` ([[route]] entries and --route flags): \
+                     one host and path take one target, keep one of them",
+                    written(&routes[first]),
+                    written(r)
+                ),
+            });
+        }
+        seeds.push(new);
+    }
+    Ok(seeds)
+}
+
 fn random_u64() -> u64 {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 8];
@@ -76,14 +109,12 @@ impl Relay {
             .map(|g| GatewayAddr::parse(g.trim(), config.server_name.as_deref()))
             .collect::<Result<Vec<_>>>()?;
         let key = RelayKey::load(&config.key)?;
+        // Every seed is checked before anything is written, and written only
+        // once nothing else can fail: a start that fails leaves the store as
+        // it was.
+        let seeds = checked_seeds(&config.routes)?;
         ops::fs::ensure_private_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir.join(STORE_FILE))?;
-        let added = store
-            .seed(config.routes.iter().map(RouteConfig::to_new_route).collect())
-            .await?;
-        if added > 0 {
-            tracing::info!(added, "routes from the config added to the store");
-        }
         let roots = tunnel_proto::tls::load_roots(config.ca.as_deref())?;
         let tls = tunnel_proto::tls::client_config(roots)?;
         let dialer = Dialer {
@@ -92,6 +123,21 @@ impl Relay {
             mode: config.transport,
             resolver: Default::default(),
         };
+        let admin_listener = match config.admin_listen {
+            Some(addr) => {
+                // The token exists before the port accepts, so a client that
+                // sees the port open can always read it.
+                let token = ops::AdminToken::load_or_create(&config.data_dir)?;
+                let listener = ops::AdminListener::bind(addr, config.dangerous_admin_public, "relay").await?;
+                let local = listener.local_addr();
+                Some((listener, token, local))
+            }
+            None => None,
+        };
+        let added = store.seed(seeds).await?;
+        if added > 0 {
+            tracing::info!(added, "routes from the config added to the store");
+        }
         let (status_tx, status) = watch::channel(Status::new());
         let shutdown = CancellationToken::new();
         let unhealthy = health::spawn(store.clone(), store.routes(), shutdown.clone()).await;
@@ -109,13 +155,8 @@ impl Relay {
             maintainers: TaskTracker::new(),
             gateways: Default::default(),
         });
-        let admin_addr = match config.admin_listen {
-            Some(addr) => {
-                // The token exists before the port accepts, so a client that
-                // sees the port open can always read it.
-                let token = ops::AdminToken::load_or_create(&config.data_dir)?;
-                let listener = ops::AdminListener::bind(addr, config.dangerous_admin_public, "relay").await?;
-                let local = listener.local_addr();
+        let admin_addr = match admin_listener {
+            Some((listener, token, local)) => {
                 let admin = Arc::new(admin::Admin {
                     store: store.clone(),
                     token,

@@ -170,14 +170,75 @@ pub struct Change {
     pub version: u64,
     pub at: String,
     pub actor: String,
-    /// `add`, `update`, `remove` or `rollback`.
-    pub action: String,
+    pub action: ChangeAction,
     pub route_id: Option<u64>,
     /// The route (or, for a rollback, every route) before and after.
     pub before: Value,
     pub after: Value,
     /// SHA-256 (hex) of the whole route set after this change.
     pub checksum: String,
+}
+
+/// What a change did. Stored, sent and shown as the words `add`,
+/// `update`, `remove` and `rollback`; any other word is an error where it
+/// is read (a store or an API answer from a newer build), never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeAction {
+    /// A route was created.
+    Add,
+    /// A route's fields changed.
+    Update,
+    /// A route was removed.
+    Remove,
+    /// The whole set was made what it was at an earlier version.
+    Rollback,
+}
+
+impl ChangeAction {
+    /// The word it is stored and shown as.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ChangeAction::Add => "add",
+            ChangeAction::Update => "update",
+            ChangeAction::Remove => "remove",
+            ChangeAction::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for ChangeAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ChangeAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "add" => Ok(ChangeAction::Add),
+            "update" => Ok(ChangeAction::Update),
+            "remove" => Ok(ChangeAction::Remove),
+            "rollback" => Ok(ChangeAction::Rollback),
+            other => Err(format!(
+                "unknown change action {:?}",
+                other.chars().take(64).collect::<String>()
+            )),
+        }
+    }
+}
+
+impl PartialEq<str> for ChangeAction {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for ChangeAction {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Latest health-check result of a route.
@@ -222,6 +283,11 @@ pub fn validate(new: &mut NewRoute) -> Result<(), Invalid> {
     if let Some(h) = &new.health {
         if !h.path.starts_with('/') || h.path.len() > 1024 {
             return Err("health.path must start with '/'".into());
+        }
+        // The probe requests exactly this; a path that makes no URI would
+        // leave the route unhealthy for good.
+        if format!("{}{}", new.target, h.path).parse::<http::Uri>().is_err() {
+            return Err("health.path must be a URL path (no spaces or other characters to escape)".into());
         }
         if !(1..=3600).contains(&h.interval_secs) {
             return Err("health.interval_secs must be 1..=3600".into());
@@ -275,6 +341,38 @@ mod tests {
             let mut r: NewRoute = serde_json::from_str(bad).unwrap();
             assert!(validate(&mut r).is_err(), "{bad}");
         }
+    }
+
+    /// The probe requests `target + health.path`: a path that makes no
+    /// request URI would leave the route unhealthy forever.
+    #[test]
+    fn a_health_path_is_one_the_probe_can_request() {
+        for path in ["/healthz{ ", "/a b", "/a\\u0000"] {
+            let json = format!(r#"{{"host":"a.test","target":"8080","health":{{"path":"{path}"}}}}"#);
+            let mut r: NewRoute = serde_json::from_str(&json).unwrap();
+            assert!(validate(&mut r).is_err(), "{path:?} accepted");
+        }
+        for path in ["/", "/healthz", "/health?full=1", "//x", "/a%20b"] {
+            let json = format!(r#"{{"host":"a.test","target":"8080","health":{{"path":"{path}"}}}}"#);
+            let mut r: NewRoute = serde_json::from_str(&json).unwrap();
+            validate(&mut r).unwrap();
+        }
+    }
+
+    #[test]
+    fn change_actions_read_back_as_the_words_they_were_stored_as() {
+        for action in [
+            ChangeAction::Add,
+            ChangeAction::Update,
+            ChangeAction::Remove,
+            ChangeAction::Rollback,
+        ] {
+            assert_eq!(action.as_str().parse::<ChangeAction>(), Ok(action));
+            assert_eq!(serde_json::to_value(action).unwrap(), action.as_str());
+        }
+        let err = "frobnicate".parse::<ChangeAction>().unwrap_err();
+        assert!(err.contains("unknown change action \"frobnicate\""), "{err}");
+        assert!(serde_json::from_str::<ChangeAction>("\"frobnicate\"").is_err());
     }
 
     #[test]

@@ -912,3 +912,215 @@ async fn the_routes_cli_lists_edits_removes_shows_history_and_rolls_back() {
     assert!(!ok);
     assert!(err.contains("no route nope.site.test"), "{err}");
 }
+
+/// `routehub relay …` on `data_dir` run to its end (or killed after 20 s,
+/// which fails the test: it started); returns its stderr.
+async fn relay_refused_to_start(net: &TestNet, data_dir: &Path) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("relay")
+        .arg("--gateway")
+        .arg(net.gateway.addr().to_string())
+        .args(["--server-name", "gateway.test", "--admin-listen", "127.0.0.1:0"])
+        .arg("--ca")
+        .arg(&net.ca)
+        .arg("--key")
+        .arg(net.key_path("a"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+        .await
+        .expect("the relay started on a damaged store")
+        .unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs the recovery command a refusal printed (between backticks), as a
+/// person would paste it; returns its stdout.
+async fn run_printed_recovery(refusal: &str) -> String {
+    let command = refusal
+        .split('`')
+        .find(|part| part.starts_with("routehub relay recover"))
+        .unwrap_or_else(|| panic!("no recovery command in: {refusal}"));
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let out = Command::new(BIN).args(&words[1..]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "`{command}` failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Damages the store's write-ahead log the way a crash on a disk that
+/// lied about its writes leaves it: the frames of its last `commits`
+/// transactions are no longer what was written. Returns the log's bytes.
+fn damage_wal_tail(wal: &Path, commits: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(wal).expect("a write-ahead log after kill -9");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    assert!(bytes.len() > 32 && be(&bytes[0..4]) & !1 == 0x377f0682, "a WAL file");
+    let page = be(&bytes[8..12]);
+    let salt = bytes[16..24].to_vec();
+    // Frames of the current log carry its salt; a commit frame records the
+    // database size after it.
+    let mut commit_frames = Vec::new();
+    let mut at = 32;
+    while at + 24 + page <= bytes.len() && bytes[at + 8..at + 16] == salt[..] {
+        if be(&bytes[at + 4..at + 8]) != 0 {
+            commit_frames.push(at);
+        }
+        at += 24 + page;
+    }
+    assert!(
+        commit_frames.len() > commits,
+        "{} commits in the log",
+        commit_frames.len()
+    );
+    let from = commit_frames[commit_frames.len() - commits];
+    for b in &mut bytes[from + 24..from + 24 + page] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(wal, &bytes).unwrap();
+    bytes
+}
+
+#[tokio::test]
+async fn a_damaged_wal_tail_after_kill_9_is_refused_and_recovery_restores_every_acknowledged_route() {
+    let backend = Backend::start().await;
+    let net = TestNet::builder().key("a", &["*.site.test"]).start().await.unwrap();
+    let data_dir = net.dir.path().join("relay-wal");
+    let port = free_port().unwrap();
+    let mut relay = spawn_relay_with_store(&net, &data_dir, port);
+    let api = admin_client(&data_dir, port).await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let host = format!("w{i}.site.test");
+        let route = serde_json::from_value(serde_json::json!({ "host": host, "target": backend.url() })).unwrap();
+        api.add(&route, false).await.expect("acknowledged");
+        acked.push(host);
+    }
+    relay.start_kill().unwrap();
+    relay.wait().await.unwrap();
+    // The last three acknowledged commits are damaged in the log.
+    let wal = data_dir.join("relay.db-wal");
+    let damaged = damage_wal_tail(&wal, 3);
+
+    let refusal = relay_refused_to_start(&net, &data_dir).await;
+    assert!(
+        refusal.contains(&data_dir.join("relay.db").display().to_string()) && refusal.contains("missing"),
+        "{refusal}"
+    );
+    assert!(
+        refusal.contains(&format!("routehub relay recover --data-dir {}", data_dir.display())),
+        "{refusal}"
+    );
+    assert_eq!(std::fs::read(&wal).unwrap(), damaged, "the refused start wrote nothing");
+
+    let report = run_printed_recovery(&refusal).await;
+    eprintln!("{refusal}\n{report}");
+    for host in &acked[17..] {
+        assert!(report.contains(host.as_str()), "{host} restored: {report}");
+    }
+    let kept: Vec<PathBuf> = std::fs::read_dir(&data_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{report}");
+    assert_eq!(
+        std::fs::read(kept[0].join("relay.db-wal")).unwrap(),
+        damaged,
+        "kept as it was"
+    );
+
+    let _relay = spawn_relay_with_store(&net, &data_dir, port);
+    let api = admin_client(&data_dir, port).await;
+    let stored: std::collections::HashSet<String> = api.routes().await.unwrap().into_iter().map(|r| r.host).collect();
+    let lost: Vec<&String> = acked.iter().filter(|h| !stored.contains(*h)).collect();
+    assert!(lost.is_empty(), "acknowledged routes lost: {lost:?}");
+    let served = wait_until(Duration::from_secs(10), || async {
+        let reply = net.client().get("w19.site.test", "/").await.ok()?;
+        (reply.status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "the last acknowledged route is served again");
+}
+
+#[tokio::test]
+async fn an_empty_store_file_is_refused_and_the_printed_recovery_command_works() {
+    let net = TestNet::builder().key("a", &["*.site.test"]).start().await.unwrap();
+    let data_dir = net.dir.path().join("relay-empty");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::write(data_dir.join("relay.db"), b"").unwrap();
+
+    let refusal = relay_refused_to_start(&net, &data_dir).await;
+    assert!(refusal.contains("relay.db is empty (0 bytes)"), "{refusal}");
+    assert_eq!(std::fs::metadata(data_dir.join("relay.db")).unwrap().len(), 0);
+    let report = run_printed_recovery(&refusal).await;
+    assert!(report.contains("damaged files are kept in"), "{report}");
+
+    let port = free_port().unwrap();
+    let _relay = spawn_relay_with_store(&net, &data_dir, port);
+    let api = admin_client(&data_dir, port).await;
+    assert!(api.routes().await.unwrap().is_empty());
+    let route = serde_json::from_value(serde_json::json!({ "host": "e.site.test", "target": "8080" })).unwrap();
+    api.add(&route, false).await.expect("the rebuilt store takes writes");
+}
+
+#[tokio::test]
+async fn routes_add_of_a_route_the_gateway_refuses_fails_and_list_shows_it_refused() {
+    let backend = Backend::start().await;
+    let net = TestNet::builder()
+        .key("a", &["*.site.test"])
+        .relay("a", &[("app.site.test", &backend.url())])
+        .start()
+        .await
+        .unwrap();
+    let admin = net.relays[0].admin_addr().unwrap();
+    let data_dir = net.dir.path().join("relay-0");
+    let (ok, out, err) = routes_cmd(
+        admin,
+        &data_dir,
+        &["add", "--host", "elsewhere.test", "--target", &backend.url()],
+    )
+    .await;
+    assert!(!ok, "a refused route is a failure: {out}");
+    assert!(out.contains("live on 0/1 gateway"), "{out}");
+    assert!(
+        err.contains("refused by 1 gateway") && err.contains("may not serve elsewhere.test"),
+        "{err}"
+    );
+    let (ok, out, _) = routes_cmd(admin, &data_dir, &["list"]).await;
+    assert!(ok);
+    let row = out.lines().find(|l| l.contains("elsewhere.test")).unwrap_or_default();
+    assert!(
+        row.contains("refused (") && row.contains("may not serve elsewhere.test"),
+        "{out}"
+    );
+    let app = out.lines().find(|l| l.contains("app.site.test")).unwrap_or_default();
+    assert!(app.ends_with("enabled"), "{out}");
+    // The JSON answer carries the refusal too, and the exit status says so.
+    let (ok, out, _) = routes_cmd(
+        admin,
+        &data_dir,
+        &["add", "--host", "other.test", "--target", &backend.url(), "--json"],
+    )
+    .await;
+    assert!(!ok);
+    let reply: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(reply["gateways"]["live"], 0, "{reply}");
+    assert_eq!(reply["refused"].as_array().unwrap().len(), 1, "{reply}");
+    // A route the gateway serves still succeeds.
+    let (ok, out, err) = routes_cmd(
+        admin,
+        &data_dir,
+        &["add", "--host", "fine.site.test", "--target", &backend.url()],
+    )
+    .await;
+    assert!(ok && out.contains("live on 1/1 gateway"), "{out}{err}");
+}

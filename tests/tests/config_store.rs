@@ -582,3 +582,100 @@ async fn a_route_stored_unhealthy_stays_503_after_a_relay_restart() {
     let health = api.health().await.unwrap();
     assert_eq!(health[0].status, "unhealthy", "{health:?}");
 }
+
+#[tokio::test]
+async fn a_start_that_fails_writes_no_seed_routes() {
+    let backend = Backend::start().await;
+    let net = TestNet::builder().key("a", &["*.site.test"]).start().await.unwrap();
+    let mut config = net.relay_config("a", routes(&[("app.site.test", &backend.url())]));
+    let store_file = config.data_dir.join(relay::STORE_FILE);
+    let stored = |path: &std::path::Path| {
+        let path = path.to_owned();
+        async move {
+            let store = relay::store::Store::open(&path).unwrap();
+            store
+                .list()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.host)
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // The admin address is taken: the start fails after the store opened.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    config.admin_listen = Some(taken.local_addr().unwrap());
+    let err = relay::Relay::start(config.clone())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("admin_listen"), "{err}");
+    assert!(stored(&store_file).await.is_empty(), "a failed start wrote its seeds");
+
+    // A bad seed after a good one: nothing of either is written.
+    let mut bad = config.clone();
+    bad.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    bad.routes = routes(&[("ok.site.test", &backend.url()), ("bad host", &backend.url())]);
+    let err = relay::Relay::start(bad).await.err().expect("refused").to_string();
+    assert!(err.contains("bad host"), "{err}");
+    assert!(stored(&store_file).await.is_empty(), "a failed start wrote its seeds");
+
+    // The seed was never recorded as applied: the start that succeeds adds it.
+    config.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+    let (_relay, api) = start_ready(config).await;
+    let hosts: Vec<String> = api.routes().await.unwrap().into_iter().map(|r| r.host).collect();
+    assert_eq!(hosts, ["app.site.test"]);
+    assert_eq!(status_of(&net, "app.site.test", "/").await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_seed_routes_for_one_host_and_path_are_an_error_naming_both() {
+    let (a, b) = (Backend::start().await, Backend::start().await);
+    let net = TestNet::builder().key("a", &["*.site.test"]).start().await.unwrap();
+    // The same host and path twice, from relay.toml (`[[route]]`, written
+    // differently) and a flag: the second would be dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("relay.toml");
+    let toml_text = format!(
+        "[[route]]\nhost = \"app.site.test\"\npath = \"/api\"\ntarget = \"{}\"\n\n\
+         [[route]]\nhost = \"App.site.test\"\npath = \"/api/\"\ntarget = \"{}\"\n",
+        a.url(),
+        b.url()
+    );
+    std::fs::write(&toml, toml_text).unwrap();
+    let from_file: relay::RelayConfig = ops::fs::read_toml(&toml).unwrap();
+    let mut config = net.relay_config("a", from_file.routes);
+    let data_dir = config.data_dir.clone();
+    let err = relay::Relay::start(config.clone())
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("app.site.test/api"), "{err}");
+    assert!(
+        err.contains(&format!("app.site.test/api={}", a.url()))
+            && err.contains(&format!("App.site.test/api/={}", b.url())),
+        "names both: {err}"
+    );
+    let mut flagged = config.clone();
+    flagged.routes = routes(&[("app.site.test", &a.url()), ("app.site.test", &b.url())]);
+    let err = relay::Relay::start(flagged).await.err().expect("refused").to_string();
+    assert!(
+        err.contains(&format!("app.site.test={}", a.url())) && err.contains(&format!("app.site.test={}", b.url())),
+        "{err}"
+    );
+    assert!(
+        !data_dir.join(relay::STORE_FILE).exists(),
+        "refused before the store is even opened"
+    );
+
+    // One host with different paths is fine, as the README shows.
+    config.routes = routes(&[("app.site.test", &a.url()), ("app.site.test/api", &b.url())]);
+    let (_relay, api) = start_ready(config).await;
+    assert_eq!(api.routes().await.unwrap().len(), 2);
+    let before = b.hits();
+    assert_eq!(status_of(&net, "app.site.test", "/api/x").await, StatusCode::OK);
+    assert_eq!(b.hits(), before + 1);
+}

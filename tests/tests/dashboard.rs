@@ -103,3 +103,65 @@ async fn add_a_route_through_the_dashboard_form_and_see_it_listed_and_live() {
         .unwrap();
     assert!(error.as_str().unwrap().contains("already exists"), "{error}");
 }
+
+#[tokio::test]
+async fn a_route_the_gateway_refuses_shows_as_refused_on_the_dashboard() {
+    let Some(browser) = Browser::launch().await.unwrap() else {
+        return;
+    };
+    let backend = Backend::start().await;
+    let net = TestNet::builder()
+        .key("a", &["*.site.test"])
+        .relay("a", &[("app.site.test", &backend.url())])
+        .start()
+        .await
+        .unwrap();
+    let relay = &net.relays[0];
+    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
+    let mut page = browser.page().await.unwrap();
+    page.navigate(&format!("http://{}/#token={}", relay.admin_addr().unwrap(), token.secret()))
+        .await
+        .unwrap();
+    page.wait_for(
+        "document.querySelector('#routes tbody').innerText.includes('app.site.test') || null",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    // A host the relay's key may not serve, added through the form.
+    let submit = format!(
+        "(() => {{ const f = document.querySelector('#add-route');
+            f.elements.host.value = 'elsewhere.test';
+            f.elements.target.value = '{}';
+            f.requestSubmit();
+            return true; }})()",
+        backend.url()
+    );
+    page.eval(&submit).await.unwrap();
+    let error = page
+        .wait_for(
+            "document.querySelector('#error').textContent || null",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let error = error.as_str().unwrap().to_owned();
+    assert!(
+        error.contains("not live") && error.contains("may not serve elsewhere.test"),
+        "{error}"
+    );
+    let row = page
+        .wait_for(
+            "[...document.querySelectorAll('#routes tbody tr')].map(r => r.innerText).find(t => t.includes('elsewhere.test') && t.includes('refused'))",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(row.as_str().unwrap().contains("may not serve elsewhere.test"), "{row}");
+    let app = page
+        .eval("[...document.querySelectorAll('#routes tbody tr')].map(r => r.innerText).find(t => t.includes('app.site.test'))")
+        .await
+        .unwrap();
+    assert!(!app.as_str().unwrap().contains("refused"), "{app}");
+}

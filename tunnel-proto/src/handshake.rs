@@ -331,7 +331,9 @@ mod tests {
     fn bad_hello_fields_are_rejected() {
         let now = Instant::now();
         let key = RelayKey::generate().unwrap();
-        for hostnames in [vec!["bad host".to_owned()], vec!["*.com".to_owned()]] {
+        // Any UTF-8 may come in a Hello: a long non-ASCII name is refused, not a panic.
+        let long_utf8 = format!("a{}", "é".repeat(50));
+        for hostnames in [vec!["bad host".to_owned()], vec!["*.com".to_owned()], vec![long_utf8]] {
             let (_, hello) = ClientHandshake::start(&key, 1, hostnames, vec![], [0; 32]);
             let mut server = ServerHandshake::new([0; 32], [0; 32], now);
             assert!(server.handle(hello, now).is_err());

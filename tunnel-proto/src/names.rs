@@ -7,8 +7,8 @@ use crate::error::{Error, Result};
 use crate::limits::MAX_HOSTNAME_LEN;
 
 fn invalid(name: &str, reason: &'static str) -> Error {
-    let mut name = name.to_owned();
-    name.truncate(80);
+    // Cut on a character boundary: the name may be any UTF-8 a peer sent.
+    let name = name.chars().take(80).collect();
     Error::InvalidHostname { name, reason }
 }
 
@@ -73,6 +73,15 @@ impl HostPattern {
         match s.strip_prefix("*.") {
             Some(suffix) => {
                 let suffix = normalize_hostname(suffix)?;
+                // A matching name is at least `x.` + suffix: with no room
+                // for it the wildcard matches nothing, and its own text
+                // would not fit in a `Hello`.
+                if suffix.len() + 2 > MAX_HOSTNAME_LEN {
+                    return Err(invalid(
+                        s,
+                        "a wildcard's suffix must leave room for a label (at most 251 bytes)",
+                    ));
+                }
                 // `*.localhost` is fine: RFC 6761 keeps it on loopback.
                 if !suffix.contains('.') && suffix != "localhost" {
                     return Err(invalid(s, "a wildcard needs at least two labels after '*.'"));
@@ -147,6 +156,16 @@ mod tests {
         }
     }
 
+    /// A name a peer sent (a `Hello` hostname, say) may be any UTF-8; the
+    /// error quoting it must not cut a character in two.
+    #[test]
+    fn a_refused_name_is_quoted_without_splitting_a_character() {
+        let name = format!("a{}", "é".repeat(50));
+        assert!(normalize_hostname(&name).is_err());
+        assert!(HostPattern::parse(&name).is_err());
+        assert!(HostPattern::parse(&format!("*.{name}")).is_err());
+    }
+
     #[test]
     fn authority_port_is_stripped() {
         assert_eq!(host_of_authority("App.test:8443").as_deref(), Some("app.test"));
@@ -169,6 +188,26 @@ mod tests {
             HostPattern::parse("*.example.com").unwrap().specificity()
                 < HostPattern::parse("x.y").unwrap().specificity()
         );
+    }
+
+    /// A wildcard whose suffix leaves no room for a label matches no valid
+    /// hostname, and its text would not fit in a `Hello`: a relay announcing
+    /// one could never connect.
+    #[test]
+    fn a_wildcard_leaves_room_for_a_label() {
+        let suffix = |len: usize| {
+            let mut s = "a".repeat(len);
+            for i in (63..len).step_by(64) {
+                s.replace_range(i..=i, ".");
+            }
+            s
+        };
+        assert!(normalize_hostname(&suffix(253)).is_ok());
+        assert!(HostPattern::parse(&format!("*.{}", suffix(253))).is_err());
+        assert!(HostPattern::parse(&format!("*.{}", suffix(252))).is_err());
+        let longest = HostPattern::parse(&format!("*.{}", suffix(251))).unwrap();
+        assert_eq!(longest.to_string().len(), MAX_HOSTNAME_LEN);
+        assert!(longest.matches(&normalize_hostname(&format!("a.{}", suffix(251))).unwrap()));
     }
 
     #[test]

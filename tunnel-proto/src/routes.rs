@@ -225,7 +225,17 @@ impl Cidr {
                 let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
-            _ => false,
+            // An IPv4-mapped network (`::ffff:a.b.c.d/96+n`) is written for
+            // IPv4 clients: it is the IPv4 network a.b.c.d/n. A wider IPv6
+            // network (`::/0`) still means IPv6 clients only.
+            (IpAddr::V6(net), IpAddr::V4(ip)) => match net.to_ipv4_mapped() {
+                Some(net) if self.len >= 96 => {
+                    let mask = u32::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                    u32::from(net) & mask == u32::from(ip) & mask
+                }
+                _ => false,
+            },
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
     }
 }
@@ -366,6 +376,22 @@ mod tests {
         assert!(v6.contains("2001:db8::1".parse().unwrap()));
         assert!(!v6.contains("2001:db9::1".parse().unwrap()));
         let host: Cidr = "127.0.0.1".parse().unwrap();
+        assert!(host.contains("127.0.0.1".parse().unwrap()));
+        assert!(!host.contains("127.0.0.2".parse().unwrap()));
+    }
+
+    /// An IPv4-mapped IPv6 network is written for IPv4 clients: it must
+    /// match them, however the socket showed their address.
+    #[test]
+    fn an_ipv4_mapped_network_contains_ipv4_clients() {
+        let c: Cidr = "::ffff:10.0.0.0/104".parse().unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(!c.contains("2001:db8::1".parse().unwrap()));
+        let all_v6: Cidr = "::/0".parse().unwrap();
+        assert!(!all_v6.contains("10.1.2.3".parse().unwrap()), "IPv6 networks stay IPv6");
+        let host: Cidr = "::ffff:127.0.0.1".parse().unwrap();
         assert!(host.contains("127.0.0.1".parse().unwrap()));
         assert!(!host.contains("127.0.0.2".parse().unwrap()));
     }

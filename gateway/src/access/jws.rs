@@ -161,8 +161,15 @@ impl Claims {
     }
 }
 
-/// Mints a token signed with `key` (EdDSA or ES256, by key type).
+/// Mints a token signed with `key` (EdDSA or ES256, by key type). Refuses
+/// to mint one that [`parse`] and [`Unverified::verify`] would refuse.
 pub fn mint(key: &UserSigningKey, kid: &str, claims: &Claims) -> Result<String, String> {
+    if kid.is_empty() || kid.len() > MAX_ID_LEN {
+        return Err(format!("a key id is 1 to {MAX_ID_LEN} bytes"));
+    }
+    if claims.sub.as_ref().is_some_and(|s| s.len() > MAX_ID_LEN) {
+        return Err(format!("a subject is at most {MAX_ID_LEN} bytes"));
+    }
     let header = Header {
         alg: key.public_key().alg().into(),
         kid: kid.into(),
@@ -173,7 +180,11 @@ pub fn mint(key: &UserSigningKey, kid: &str, claims: &Claims) -> Result<String, 
     let c = serde_json::to_vec(claims).map_err(|e| e.to_string())?;
     let input = format!("{}.{}", enc(&h), enc(&c));
     let sig = key.sign(input.as_bytes())?;
-    Ok(format!("{input}.{}", enc(&sig)))
+    let token = format!("{input}.{}", enc(&sig));
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(format!("the token would be over {MAX_TOKEN_LEN} bytes"));
+    }
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -213,6 +224,24 @@ mod tests {
             parse(&token).unwrap().verify(&p256),
             Err(JwsError::Algorithm(_))
         ));
+    }
+
+    /// A token the gateway would refuse is not minted: `routehub token`
+    /// says why instead of printing one that never works.
+    #[test]
+    fn mint_refuses_what_verification_refuses() {
+        let sk = UserSigningKey::generate(KeyKind::Ed25519).unwrap();
+        let long = "s".repeat(MAX_ID_LEN + 1);
+        assert!(mint(&sk, "", &claims(1)).is_err(), "empty kid");
+        assert!(mint(&sk, &long, &claims(1)).is_err(), "long kid");
+        let mut c = claims(1);
+        c.sub = Some(long);
+        assert!(mint(&sk, "k", &c).is_err(), "long sub");
+        c.sub = None;
+        c.aud = "a".repeat(MAX_TOKEN_LEN);
+        assert!(mint(&sk, "k", &c).is_err(), "token over the size limit");
+        let ok = mint(&sk, &"k".repeat(MAX_ID_LEN), &claims(1)).unwrap();
+        assert!(parse(&ok).unwrap().verify(&sk.public_key()).is_ok());
     }
 
     #[test]

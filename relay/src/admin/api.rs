@@ -222,19 +222,23 @@ async fn write_reply(admin: &Admin, status: StatusCode, change: crate::model::Ch
         Some(id) => admin.store.get(id).await.ok(),
         None => None,
     };
-    // Gateways that won't serve this route say why (e.g. a host the relay's
-    // key is not authorized for).
-    let refused: Vec<serde_json::Value> = change
-        .route_id
-        .map(|id| {
-            admin
-                .status
-                .borrow()
-                .iter()
-                .filter_map(|(gw, g)| Some(json!({ "gateway": gw, "reason": g.session.as_ref()?.refused.get(&id)? })))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Of the gateways that acknowledged this version, those that won't
+    // serve the route say why (e.g. a host the relay's key is not
+    // authorized for); the others serve it. A gateway that has not
+    // acknowledged it yet knows nothing about it either way.
+    let (mut refused, mut live) = (Vec::new(), 0);
+    for (gw, g) in admin.status.borrow().iter() {
+        let Some(session) = g.session.as_ref() else {
+            continue;
+        };
+        if session.routes_version_acked.is_none_or(|v| v < change.version) {
+            continue;
+        }
+        match change.route_id.and_then(|id| session.refused.get(&id)) {
+            Some(reason) => refused.push(json!({ "gateway": gw, "reason": reason })),
+            None => live += 1,
+        }
+    }
     ok_json(
         status,
         json!({
@@ -242,7 +246,7 @@ async fn write_reply(admin: &Admin, status: StatusCode, change: crate::model::Ch
             "checksum": change.checksum,
             "route": route,
             "change": change,
-            "gateways": { "acknowledged": acked, "connected": connected },
+            "gateways": { "acknowledged": acked, "connected": connected, "live": live },
             "refused": refused,
         }),
     )

@@ -3,10 +3,8 @@
 use std::net::IpAddr;
 
 use tunnel_proto::limits::MAX_HOSTNAME_LEN;
+use tunnel_proto::names::{host_of_authority, normalize_hostname};
 use tunnel_proto::path::{MAX_PATH_PREFIX, RequestPath, normalize_path_prefix};
-use tunnel_proto::names::{
-    host_of_authority, normalize_hostname,
-};
 use tunnel_proto::{Cidr, HostPattern};
 
 /// One string through every name parser (each line of it, too, so a

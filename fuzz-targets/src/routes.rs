@@ -2,9 +2,9 @@
 //! side of route sync.
 
 use arbitrary::{Result, Unstructured};
-use tunnel_proto::sync::{Applied, RouteState};
 use serde_json::Value;
 use tunnel_proto::routes::checksum;
+use tunnel_proto::sync::{Applied, RouteState};
 use tunnel_proto::{HostPattern, RoutePolicy, RouteSpec, RoutesUpdate, UpdateKind};
 
 use crate::input;

@@ -119,9 +119,13 @@ async fn a_route_the_gateway_refuses_shows_as_refused_on_the_dashboard() {
     let relay = &net.relays[0];
     let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
     let mut page = browser.page().await.unwrap();
-    page.navigate(&format!("http://{}/#token={}", relay.admin_addr().unwrap(), token.secret()))
-        .await
-        .unwrap();
+    page.navigate(&format!(
+        "http://{}/#token={}",
+        relay.admin_addr().unwrap(),
+        token.secret()
+    ))
+    .await
+    .unwrap();
     page.wait_for(
         "document.querySelector('#routes tbody').innerText.includes('app.site.test') || null",
         Duration::from_secs(10),

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use arbitrary::{Result, Unstructured};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use gateway::access::jws::{Claims, JwsError, LEEWAY_SECS, MAX_TOKEN_LEN, mint, parse};
+use gateway::access::jws::{Claims, JwsError, LEEWAY_SECS, MAX_TOKEN_LEN, MAX_TOKEN_TTL_SECS, mint, parse};
 use gateway::access::keys::{UserPublicKey, UserSigningKey};
 use serde_json::{Map, Value, json};
 
@@ -262,11 +262,16 @@ fn check_window(c: &Claims, u: &mut Unstructured) -> Result<()> {
         Ok(()) => {
             assert_eq!(host, c.aud);
             assert!(now < c.exp.saturating_add(LEEWAY_SECS), "an expired token passed");
+            assert!(
+                c.exp <= now.saturating_add(MAX_TOKEN_TTL_SECS + LEEWAY_SECS),
+                "a token living past the cap passed"
+            );
             assert!(c.nbf.is_none_or(|nbf| now.saturating_add(LEEWAY_SECS) >= nbf));
         }
         Err(JwsError::WrongAudience) => assert_ne!(host, c.aud),
         Err(JwsError::Expired) => assert!(now >= c.exp.saturating_add(LEEWAY_SECS)),
         Err(JwsError::NotYetValid) => assert!(c.nbf.is_some()),
+        Err(JwsError::TooLongLived) => assert!(c.exp > now.saturating_add(MAX_TOKEN_TTL_SECS + LEEWAY_SECS)),
         Err(e) => panic!("check gave {e}"),
     }
     Ok(())

@@ -611,7 +611,7 @@ async fn a_start_that_fails_writes_no_seed_routes() {
         .err()
         .expect("refused")
         .to_string();
-    assert!(err.contains("admin_listen"), "{err}");
+    assert!(err.contains("admin listener"), "{err}");
     assert!(stored(&store_file).await.is_empty(), "a failed start wrote its seeds");
 
     // A bad seed after a good one: nothing of either is written.

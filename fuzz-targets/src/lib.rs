@@ -21,6 +21,7 @@ mod input;
 pub mod jws;
 pub mod keys;
 pub mod names;
+pub mod paths;
 pub mod routes;
 
 pub use config::{gateway_config, relay_config, relay_route};
@@ -30,6 +31,7 @@ pub use identity::identity;
 pub use jws::jws;
 pub use keys::{authorized_keys, user_key};
 pub use names::host_pattern;
+pub use paths::request_path;
 pub use routes::{route_spec, route_sync};
 
 /// One fuzz target: the name of its cargo-fuzz target (and of its corpus
@@ -53,6 +55,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "host_pattern",
         run: host_pattern,
+    },
+    Target {
+        name: "request_path",
+        run: request_path,
     },
     Target {
         name: "route_spec",

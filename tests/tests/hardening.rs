@@ -21,19 +21,34 @@ fn route(lhs: &str, target: &str, policy: Value) -> RouteConfig {
     r
 }
 
-/// `files.test` is public, `files.test/secure` allows only 10.0.0.0/8
-/// (so every test client, on loopback, is refused there).
-async fn files(backend: &Backend) -> TestNet {
-    let url = backend.url();
-    let routes = vec![
-        route(FILES, &url, Value::Null),
-        route(&format!("{FILES}/secure"), &url, json!({"ip_allow": ["10.0.0.0/8"]})),
-    ];
+/// A gateway and a relay serving `routes` for `files.test`, connected.
+async fn serving(routes: Vec<RouteConfig>) -> TestNet {
     let mut net = TestNet::builder().key("files", &[FILES]).start().await.unwrap();
     let relay = relay::Relay::start(net.relay_config("files", routes)).await.unwrap();
     relay.wait_ready(1, WITHIN).await.expect("relay connects");
     net.relays.push(relay);
     net
+}
+
+/// `files.test` is public, `files.test/secure` allows only 10.0.0.0/8
+/// (so every test client, on loopback, is refused there).
+async fn files(backend: &Backend) -> TestNet {
+    let url = backend.url();
+    serving(vec![
+        route(FILES, &url, Value::Null),
+        route(&format!("{FILES}/secure"), &url, json!({"ip_allow": ["10.0.0.0/8"]})),
+    ])
+    .await
+}
+
+/// `files.test` routed to a port nothing listens on; and that port.
+async fn refusing() -> (TestNet, std::net::SocketAddr) {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let net = serving(vec![route(FILES, &format!("http://{closed}"), Value::Null)]).await;
+    (net, closed)
 }
 
 async fn get(net: &TestNet, proto: Proto, path: &str, headers: &[(&str, &str)]) -> Reply {
@@ -169,11 +184,7 @@ async fn switching(routes: &[(&str, Value)]) -> (TestNet, tokio::sync::mpsc::Unb
         .iter()
         .map(|(path, policy)| route(&format!("{FILES}{path}"), &url, policy.clone()))
         .collect();
-    let mut net = TestNet::builder().key("files", &[FILES]).start().await.unwrap();
-    let relay = relay::Relay::start(net.relay_config("files", routes)).await.unwrap();
-    relay.wait_ready(1, WITHIN).await.expect("relay connects");
-    net.relays.push(relay);
-    (net, seen)
+    (serving(routes).await, seen)
 }
 
 /// Sends `head` (a raw HTTP/1.1 request head, `{FILES}` for the host) on
@@ -308,18 +319,7 @@ async fn reserved_headers_in_disguise_never_reach_the_backend() {
 
 #[tokio::test]
 async fn a_relay_502_does_not_show_the_internal_target_to_the_client() {
-    // A port nothing listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let target = format!("http://{closed}");
-    let mut net = TestNet::builder().key("files", &[FILES]).start().await.unwrap();
-    let relay = relay::Relay::start(net.relay_config("files", vec![route(FILES, &target, Value::Null)]))
-        .await
-        .unwrap();
-    relay.wait_ready(1, WITHIN).await.expect("relay connects");
-    net.relays.push(relay);
+    let (net, closed) = refusing().await;
     let r = get(&net, Proto::H1, "/", &[]).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.headers["x-routehub-error"], "target_unreachable");
@@ -346,17 +346,7 @@ async fn an_h2_upload_to_a_target_that_refuses_gets_a_whole_502() {
     if !have_curl() {
         return eprintln!("skipped: curl is not installed");
     }
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let target = format!("http://{closed}");
-    let mut net = TestNet::builder().key("files", &[FILES]).start().await.unwrap();
-    let relay = relay::Relay::start(net.relay_config("files", vec![route(FILES, &target, Value::Null)]))
-        .await
-        .unwrap();
-    relay.wait_ready(1, WITHIN).await.expect("relay connects");
-    net.relays.push(relay);
+    let (net, _) = refusing().await;
     let dir = tempfile::tempdir().unwrap();
     let addr = net.gateway.addr();
     // curl is a client that takes a reset stream for an error even after

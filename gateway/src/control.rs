@@ -94,6 +94,7 @@ async fn drive(session: &Arc<Session>, ctrl: TunnelStream, state: &State) -> Str
             frame = frames.recv() => match frame {
                 Some(Ok(frame)) => {
                     tracing::trace!(frame = frame.name(), "control frame in");
+                    session.heard();
                     control.handle_frame(frame, Instant::now().into_std())
                 }
                 Some(Err(e)) => return format!("control stream error: {e}"),

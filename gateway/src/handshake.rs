@@ -203,5 +203,6 @@ async fn exchange(tunnel: &Tunnel, ctrl: &mut TunnelStream, state: &State) -> Re
         verified.key,
         verified.instance,
         tunnel.clone(),
+        state.config.heartbeat(),
     )))
 }

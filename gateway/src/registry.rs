@@ -133,12 +133,22 @@ fn install(
     if first {
         // The relay process reconnected (another transport, a new
         // network): its older sessions are likely dead paths, so they get
-        // no new requests from now on.
+        // no new requests from now on. One that has gone quiet is closed
+        // now: what is in flight on it can't come back, and a safe request
+        // among it is sent again on the new session at once rather than
+        // after the old one's death is declared.
         for old in all
             .values()
             .filter(|o| o.id != session.id && o.key == session.key && o.instance == session.instance)
         {
             old.draining.store(true, Ordering::Relaxed);
+            if old.is_quiet() {
+                tracing::info!(
+                    session = old.id,
+                    "a quiet session is replaced by a newer one of its relay: closing it"
+                );
+                old.tunnel.close("replaced by a newer session of the relay");
+            }
             touched.push(old.clone());
         }
     }
@@ -502,7 +512,7 @@ mod tests {
         let file = AuthorizedKeys::parse(&format!("{key} *.site.test\n"), "keys").unwrap();
         let registry = Registry::new(Authority::new(file, Default::default()));
         let (tunnel, relay_side, dir) = tunnel().await;
-        let session = Arc::new(Session::new(1, key, 1, tunnel));
+        let session = Arc::new(Session::new(1, key, 1, tunnel, Duration::from_secs(1)));
         registry.add(session.clone());
         Fixture {
             registry,
@@ -535,7 +545,7 @@ mod tests {
         let Fixture {
             registry, session, key, ..
         } = fixture().await;
-        let other = Arc::new(Session::new(2, key, 2, session.tunnel.clone()));
+        let other = Arc::new(Session::new(2, key, 2, session.tunnel.clone(), Duration::from_secs(1)));
         registry.add(other.clone());
         registry.set_routes(session.id, 1, vec![spec(1)]);
         registry.set_routes(other.id, 1, vec![spec(2)]);

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tunnel_proto::{HostPattern, PublicKey, RouteSpec, Tunnel};
 
@@ -18,6 +19,12 @@ pub struct Session {
     /// The relay process (see `Hello::instance`).
     pub instance: u64,
     pub tunnel: Tunnel,
+    /// How often the relay pings.
+    heartbeat: Duration,
+    /// When the session began, and when the relay was last heard from
+    /// (milliseconds after that).
+    born: Instant,
+    heard_ms: AtomicU64,
     /// Idle HTTP connections over this tunnel's streams.
     pub pool: ConnPool,
     pub(crate) draining: AtomicBool,
@@ -60,12 +67,16 @@ impl Drop for StreamGuard {
 }
 
 impl Session {
-    pub fn new(id: u64, key: PublicKey, instance: u64, tunnel: Tunnel) -> Self {
+    /// A session whose relay heartbeats every `heartbeat`.
+    pub fn new(id: u64, key: PublicKey, instance: u64, tunnel: Tunnel, heartbeat: Duration) -> Self {
         Session {
             id,
             key,
             instance,
             tunnel,
+            heartbeat,
+            born: Instant::now(),
+            heard_ms: AtomicU64::new(0),
             pool: ConnPool::default(),
             draining: AtomicBool::new(false),
             routes: Mutex::new(Vec::new()),
@@ -87,6 +98,20 @@ impl Session {
     pub(crate) fn set_received(&self, version: u64, specs: Arc<Vec<RouteSpec>>) {
         let checksum = tunnel_proto::routes::checksum(specs.iter());
         *self.received.lock().unwrap_or_else(|e| e.into_inner()) = (version, checksum, specs);
+    }
+
+    /// A control frame arrived from the relay just now.
+    pub(crate) fn heard(&self) {
+        let ms = self.born.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        self.heard_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Whether nothing came from the relay for more than a heartbeat and a
+    /// quarter: a healthy relay pings every heartbeat, so its path is
+    /// probably gone (its relay sees the same and starts a new session).
+    pub(crate) fn is_quiet(&self) -> bool {
+        let heard = Duration::from_millis(self.heard_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(heard) > self.heartbeat * 5 / 4
     }
 
     /// Streams in flight now.

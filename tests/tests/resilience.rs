@@ -246,8 +246,12 @@ async fn udp_blocked_mid_session_recovers_within_3s_without_duplicates() {
         .find(|o| o.transport.as_deref() == Some("tcp"))
         .expect("a GET succeeded over TCP");
     let recovery = first_tcp.done - blackholed;
+    // The relay brings up a TCP session at 1.5 silent heartbeats and the
+    // gateway closes the quiet QUIC one as soon as the new one has its
+    // routes: about 1.5 s, well before the QUIC session would be declared
+    // dead (2.5 s).
     assert!(
-        recovery < Duration::from_secs(3),
+        recovery < Duration::from_millis(2200),
         "serving again only after {recovery:?}"
     );
     for o in &outcomes {

@@ -3,8 +3,8 @@
 
 use gateway::GatewayConfig;
 use gateway::config::HttpListen;
-use relay::config::Target;
 use relay::model::{NewRoute, Route, RoutePatch, validate};
+use relay::target::Target;
 use relay::{GatewayAddr, RelayConfig, RouteConfig};
 use tunnel_proto::limits::{MAX_HEARTBEAT, MIN_HEARTBEAT};
 use tunnel_proto::names::normalize_hostname;

@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use http::Uri;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -103,49 +102,6 @@ impl FromStr for RouteConfig {
             target: target.to_owned(),
             priority: 0,
             policy: serde_json::Value::Null,
-        })
-    }
-}
-
-/// Where a route's requests go: an `http://host:port` origin.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// `host:port`
-    pub authority: http::uri::Authority,
-    pub url: String,
-}
-
-impl Target {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        let s = s.trim();
-        let url = if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-            format!("http://127.0.0.1:{s}")
-        } else {
-            s.to_owned()
-        };
-        let uri: Uri = url.parse().map_err(|_| format!("{s:?} is not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => return Err(format!("scheme {other}:// is not supported; use http://")),
-            None => return Err("the target needs a scheme, e.g. http://127.0.0.1:3000".into()),
-        }
-        let authority = uri.authority().cloned().ok_or("the target needs a host")?;
-        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-            return Err("a target is an origin (http://host:port), without path or query".into());
-        }
-        if authority.as_str().contains('@') {
-            return Err("credentials in the target URL are not supported".into());
-        }
-        let authority = if authority.port().is_some() {
-            authority
-        } else {
-            format!("{}:80", authority.host())
-                .parse()
-                .map_err(|_| "bad target host")?
-        };
-        Ok(Target {
-            url: format!("http://{authority}"),
-            authority,
         })
     }
 }

@@ -20,6 +20,7 @@ mod session;
 mod shared;
 pub mod status;
 pub mod store;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::Duration;

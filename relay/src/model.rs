@@ -5,7 +5,7 @@ use serde_json::Value;
 use tunnel_proto::path::normalize_path_prefix;
 use tunnel_proto::{HostPattern, RoutePolicy, RouteSpec};
 
-use crate::config::Target;
+use crate::target::Target;
 
 /// A route: requests for `host` under `path` go to `target`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,8 +8,8 @@ use arc_swap::ArcSwap;
 use tunnel_proto::RouteSpec;
 use tunnel_proto::sync::RouteSnapshot;
 
-use crate::config::Target;
 use crate::model::Route;
+use crate::target::Target;
 
 /// A route ready to serve.
 #[derive(Debug)]

@@ -13,6 +13,7 @@ pub mod manager;
 pub mod pem;
 mod renewal;
 pub mod resolver;
+mod served;
 pub mod store;
 
 pub use acme::{AcmeConfig, CertEvents, ChallengePolicy, ExternalAccountBinding, NoEvents};
@@ -20,6 +21,7 @@ pub use challenge::Challenges;
 pub use clock::Clock;
 pub use dev_ca::DevCa;
 pub use error::{Error, Result};
-pub use manager::{AcmeOptions, CertManager, Registered};
+pub use manager::{AcmeOptions, CertManager};
 pub use resolver::CertResolver;
+pub use served::{MAX_CACHED_CERTS, Registered};
 pub use store::{CertStore, DirStore};

@@ -3,13 +3,9 @@
 //! SNI. Certificates come from the dev CA or from ACME (see
 //! [`crate::renewal`] for orders, retries and renewal).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-
-use rustls::sign::CertifiedKey;
-use rustls_pki_types::CertificateDer;
 
 use crate::acme::{AcmeConfig, AcmeIssuer, CertEvents, NoEvents};
 use crate::challenge::Challenges;
@@ -17,44 +13,20 @@ use crate::clock::Clock;
 use crate::dev_ca::DevCa;
 use crate::error::{Error, Result};
 use crate::pem::CertInfo;
-use crate::renewal::{self, AcmeState};
+use crate::renewal::AcmeState;
 use crate::resolver::CertResolver;
+use crate::served::{Registered, ServedCerts};
 use crate::store::CertStore;
 
-/// Whether a hostname is registered (some relay key may serve it).
-pub type Registered = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
-/// Most on-demand certificates kept in memory; a wildcard registration
-/// must not let a client fill memory by asking for endless names. (ACME
-/// certificates dropped from memory stay in the store and come back on
-/// the next handshake without an order.)
-pub const MAX_CACHED_CERTS: usize = 10_000;
-
-/// What the gateway knows about a certificate it serves.
-#[derive(Debug, Clone)]
-pub(crate) struct Served {
-    pub(crate) info: CertInfo,
-    pub(crate) leaf: CertificateDer<'static>,
-    /// When to renew (ACME only).
-    pub(crate) renew_at: SystemTime,
-    /// When to ask the CA for a renewal window (ACME with ARI only).
-    pub(crate) ari_check_at: Option<SystemTime>,
-}
-
 pub(crate) enum Source {
-    Dev { ca: DevCa, issuing: Mutex<()> },
-    Acme(AcmeState),
+    Dev { ca: Box<DevCa>, issuing: Mutex<()> },
+    Acme(Arc<AcmeState>),
 }
 
 pub(crate) struct Inner {
-    pub(crate) resolver: Arc<CertResolver>,
-    pub(crate) own_names: Vec<String>,
-    registered: Registered,
-    /// Whose stored certificates are served at startup.
-    stored: Registered,
+    pub(crate) served: Arc<ServedCerts>,
     pub(crate) clock: Clock,
     pub(crate) source: Source,
-    pub(crate) served: Mutex<HashMap<String, Served>>,
 }
 
 /// Options of an ACME-backed manager beyond the ACME config itself.
@@ -92,29 +64,23 @@ impl CertManager {
     /// the default for clients that send no SNI).
     pub fn with_dev_ca(data_dir: &Path, own_names: Vec<String>, registered: Registered) -> Result<Self> {
         let ca = DevCa::load_or_create(data_dir)?;
-        let m = CertManager {
-            inner: Arc::new(Inner {
-                resolver: Arc::new(CertResolver::new()),
-                own_names: own_names.clone(),
-                stored: registered.clone(),
-                registered,
-                clock: Clock::system(),
-                source: Source::Dev {
-                    ca,
-                    issuing: Mutex::new(()),
-                },
-                served: Mutex::new(HashMap::new()),
-            }),
-        };
-        if !own_names.is_empty()
-            && let Source::Dev { ca, .. } = &m.inner.source
-        {
+        let served = Arc::new(ServedCerts::new(own_names.clone(), registered.clone(), registered));
+        if !own_names.is_empty() {
             let cert = ca.issue(&own_names)?;
             for name in &own_names {
-                m.inner.install(name, cert.clone())?;
+                served.install(name, cert.clone(), DEV_SCHEDULE)?;
             }
         }
-        Ok(m)
+        Ok(CertManager {
+            inner: Arc::new(Inner {
+                served,
+                clock: Clock::system(),
+                source: Source::Dev {
+                    ca: Box::new(ca),
+                    issuing: Mutex::new(()),
+                },
+            }),
+        })
     }
 
     /// A manager whose certificates come from an ACME CA. Certificates in
@@ -134,24 +100,29 @@ impl CertManager {
         let challenges = Challenges::new();
         let issuer = AcmeIssuer::new(config, store.clone(), challenges.clone(), options.clock.clone())?;
         issuer.load_ledger().await;
-        let m = CertManager {
+        let stored = options.stored.unwrap_or_else(|| registered.clone());
+        let served = Arc::new(ServedCerts::new(own_names, registered, stored));
+        let acme = AcmeState::new(
+            issuer,
+            store,
+            challenges,
+            options.events,
+            served.clone(),
+            options.clock.clone(),
+        );
+        acme.load_stored().await;
+        acme.spawn_maintenance();
+        Ok(CertManager {
             inner: Arc::new(Inner {
-                resolver: Arc::new(CertResolver::new()),
-                own_names,
-                stored: options.stored.unwrap_or_else(|| registered.clone()),
-                registered,
+                served,
                 clock: options.clock,
-                source: Source::Acme(AcmeState::new(issuer, store, challenges, options.events)),
-                served: Mutex::new(HashMap::new()),
+                source: Source::Acme(acme),
             }),
-        };
-        renewal::load_stored(&m.inner).await;
-        renewal::spawn_maintenance(&m.inner);
-        Ok(m)
+        })
     }
 
     pub fn resolver(&self) -> Arc<CertResolver> {
-        self.inner.resolver.clone()
+        self.inner.served.resolver.clone()
     }
 
     /// The dev CA root, for clients to trust; `None` with ACME.
@@ -179,10 +150,11 @@ impl CertManager {
     /// its end even if the caller stops waiting, so callers bound the wait
     /// with a timeout.
     pub async fn ensure(&self, name: &str) -> Result<()> {
-        if self.inner.resolver.get(name).is_some() {
+        let served = &self.inner.served;
+        if served.has(name) {
             return Ok(());
         }
-        if !self.inner.allowed(name) {
+        if !served.allowed(name) {
             return Err(Error::NotRegistered(name.to_owned()));
         }
         match &self.inner.source {
@@ -191,32 +163,26 @@ impl CertManager {
                 // which is also what makes concurrent first handshakes
                 // issue once.
                 let _guard = issuing.lock().unwrap_or_else(|e| e.into_inner());
-                if self.inner.resolver.get(name).is_some() {
+                if served.has(name) {
                     return Ok(());
                 }
                 let cert = ca.issue(&[name.to_owned()])?;
-                self.inner.install(name, cert)?;
+                served.install(name, cert, DEV_SCHEDULE)?;
                 tracing::debug!(%name, "issued a dev certificate");
                 Ok(())
             }
-            Source::Acme(_) => renewal::obtain(&self.inner, name).await,
+            Source::Acme(acme) => acme.obtain(name).await,
         }
     }
 
     /// Validity of the certificate served for `name`, if any.
     pub fn info(&self, name: &str) -> Option<CertInfo> {
-        self.inner.served_get(name).map(|s| s.info)
+        self.inner.served.get(name).map(|s| s.info)
     }
 
     /// `not_after` of every certificate served, for expiry metrics.
     pub fn expiries(&self) -> Vec<SystemTime> {
-        self.inner
-            .served
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|s| s.info.not_after)
-            .collect()
+        self.inner.served.lock().values().map(|s| s.info.not_after).collect()
     }
 
     /// The clock renewal decisions read.
@@ -232,71 +198,8 @@ impl CertManager {
     }
 }
 
-impl Inner {
-    /// Own names always; others when a relay key may serve them.
-    pub(crate) fn allowed(&self, name: &str) -> bool {
-        self.own_names.iter().any(|n| n == name) || (self.registered)(name)
-    }
-
-    /// Own names always; others when a stored certificate may be served.
-    pub(crate) fn may_serve_stored(&self, name: &str) -> bool {
-        self.own_names.iter().any(|n| n == name) || (self.stored)(name)
-    }
-
-    pub(crate) fn served_get(&self, name: &str) -> Option<Served> {
-        self.served.lock().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
-    }
-
-    /// Serves `cert` for `name` from the next handshake on; open
-    /// connections keep the certificate they started with.
-    pub(crate) fn install(&self, name: &str, cert: Arc<CertifiedKey>) -> Result<()> {
-        let info = CertInfo::of(&cert)?;
-        let leaf = cert
-            .cert
-            .first()
-            .cloned()
-            .ok_or_else(|| Error::BadCertificate("empty chain".into()))?;
-        let (renew_at, ari_check_at) = match &self.source {
-            Source::Acme(_) => (renewal::renew_at(&info), Some(self.clock.now())),
-            Source::Dev { .. } => (info.not_after, None),
-        };
-        let mut served = self.served.lock().unwrap_or_else(|e| e.into_inner());
-        if !served.contains_key(name) && served.len() >= MAX_CACHED_CERTS {
-            // Drop some on-demand entries; they come back from the store or
-            // the dev CA on their next handshake.
-            let victims: Vec<String> = served
-                .keys()
-                .filter(|n| !self.own_names.contains(n))
-                .take(MAX_CACHED_CERTS / 10)
-                .cloned()
-                .collect();
-            for v in victims {
-                served.remove(&v);
-                self.resolver.remove(&v);
-            }
-        }
-        served.insert(
-            name.to_owned(),
-            Served {
-                info,
-                leaf,
-                renew_at,
-                ari_check_at,
-            },
-        );
-        self.resolver.insert(name, cert.clone());
-        if self.own_names.first().is_some_and(|n| n == name) {
-            self.resolver.set_default(cert);
-        }
-        Ok(())
-    }
-
-    /// Stops serving `name` (its certificate expired).
-    pub(crate) fn uninstall(&self, name: &str) {
-        self.served.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
-        self.resolver.remove(name);
-    }
-}
+/// Dev certificates are reissued on demand, never renewed in place.
+const DEV_SCHEDULE: crate::served::Schedule<'static> = &|info| (info.not_after, None);
 
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -306,7 +209,7 @@ impl std::fmt::Debug for CertManager {
         };
         f.debug_struct("CertManager")
             .field("source", &source)
-            .field("resolver", &self.inner.resolver)
+            .field("resolver", &self.inner.served.resolver)
             .finish()
     }
 }

@@ -17,8 +17,8 @@ use crate::challenge::Challenges;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::ledger::Failure;
-use crate::manager::{Inner, Served, Source};
 use crate::pem::{CertBundle, CertInfo};
+use crate::served::{Served, ServedCerts};
 use crate::store::CertStore;
 
 /// Orders talking to the CA at once; more wait their turn.
@@ -63,6 +63,9 @@ pub(crate) struct AcmeState {
     /// Wakes the maintenance task (new certificate, failure, stop).
     wake: Arc<Notify>,
     stopped: watch::Sender<bool>,
+    /// The certificates served: renewal's only way to them.
+    served: Arc<ServedCerts>,
+    clock: Clock,
 }
 
 impl AcmeState {
@@ -71,8 +74,10 @@ impl AcmeState {
         store: Arc<dyn CertStore>,
         challenges: Arc<Challenges>,
         events: Arc<dyn CertEvents>,
-    ) -> Self {
-        AcmeState {
+        served: Arc<ServedCerts>,
+        clock: Clock,
+    ) -> Arc<Self> {
+        Arc::new(AcmeState {
             issuer,
             store,
             challenges,
@@ -81,7 +86,9 @@ impl AcmeState {
             permits: Semaphore::new(MAX_CONCURRENT_ORDERS),
             wake: Arc::new(Notify::new()),
             stopped: watch::channel(false).0,
-        }
+            served,
+            clock,
+        })
     }
 
     pub(crate) fn stop(&self) {
@@ -97,13 +104,6 @@ impl AcmeState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(name)
-    }
-}
-
-fn acme_of(inner: &Inner) -> Option<&AcmeState> {
-    match &inner.source {
-        Source::Acme(a) => Some(a),
-        Source::Dev { .. } => None,
     }
 }
 
@@ -136,88 +136,189 @@ enum Trigger {
     Renewal,
 }
 
-/// Waits for a certificate for `name`, starting one order if none is
-/// pending and the name is not backing off after failures.
-pub(crate) async fn obtain(inner: &Arc<Inner>, name: &str) -> Result<()> {
-    let Some(acme) = acme_of(inner) else {
-        return Err(Error::AcmeConfig("ACME is not configured".into()));
-    };
-    let mut rx = start(inner, acme, name, Trigger::Needed)?;
-    let outcome = rx
-        .wait_for(Option::is_some)
-        .await
-        .map_err(|_| Error::Acme {
-            name: name.to_owned(),
-            step: "order task",
-            message: "the order task ended without a result".into(),
-        })?
-        .clone();
-    match outcome {
-        Some(Ok(())) => Ok(()),
-        Some(Err(e)) => Err(Error::Shared(e)),
-        None => Ok(()),
-    }
-}
-
-/// Joins the pending order for `name` or starts one.
-fn start(inner: &Arc<Inner>, acme: &AcmeState, name: &str, trigger: Trigger) -> Result<watch::Receiver<Outcome>> {
-    let task_inner = inner.clone();
-    let task_name = name.to_owned();
-    spawn_order(inner, acme, name, async move {
-        obtain_now(&task_inner, &task_name, trigger).await
-    })
-}
-
-/// Joins the pending order for `name`, or runs `order` as its task.
-fn spawn_order(
-    inner: &Arc<Inner>,
-    acme: &AcmeState,
-    name: &str,
-    order: impl Future<Output = Result<()>> + Send + 'static,
-) -> Result<watch::Receiver<Outcome>> {
-    let mut inflight = acme.inflight.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(rx) = inflight.get(name) {
-        return Ok(rx.clone());
-    }
-    if let Some(f) = acme.failure(name) {
-        let retry_in = inner.clock.until(f.retry_at);
-        if !retry_in.is_zero() {
-            return Err(Error::BackingOff {
+/// Orders: one per name however many handshakes wait for it.
+impl AcmeState {
+    /// Waits for a certificate for `name`, starting one order if none is
+    /// pending and the name is not backing off after failures.
+    pub(crate) async fn obtain(self: &Arc<Self>, name: &str) -> Result<()> {
+        let mut rx = self.start(name, Trigger::Needed)?;
+        let outcome = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Acme {
                 name: name.to_owned(),
-                retry_in,
-                last_error: f.last_error,
-            });
+                step: "order task",
+                message: "the order task ended without a result".into(),
+            })?
+            .clone();
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(Error::Shared(e)),
+            None => Ok(()),
         }
     }
-    if inflight.len() >= MAX_PENDING_ORDERS {
-        return Err(Error::TooManyPending(inflight.len()));
+
+    /// Joins the pending order for `name` or starts one.
+    fn start(self: &Arc<Self>, name: &str, trigger: Trigger) -> Result<watch::Receiver<Outcome>> {
+        let acme = self.clone();
+        let task_name = name.to_owned();
+        self.spawn_order(name, async move { acme.obtain_now(&task_name, trigger).await })
     }
-    let (tx, rx) = watch::channel(None);
-    inflight.insert(name.to_owned(), rx.clone());
-    let task = OrderTask {
-        inner: inner.clone(),
-        name: name.to_owned(),
-        tx,
-        outcome: None,
-    };
-    // A task of its own: the order finishes even if every handshake
-    // waiting for it gives up.
-    tokio::spawn(async move {
-        let result = order.await;
-        if let Some(acme) = acme_of(&task.inner) {
-            record(&task.inner, acme, &task.name, &result);
-            acme.issuer.persist().await;
+
+    /// Joins the pending order for `name`, or runs `order` as its task.
+    fn spawn_order(
+        self: &Arc<Self>,
+        name: &str,
+        order: impl Future<Output = Result<()>> + Send + 'static,
+    ) -> Result<watch::Receiver<Outcome>> {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(rx) = inflight.get(name) {
+            return Ok(rx.clone());
         }
-        task.finish(result);
-    });
-    Ok(rx)
+        if let Some(f) = self.failure(name) {
+            let retry_in = self.clock.until(f.retry_at);
+            if !retry_in.is_zero() {
+                return Err(Error::BackingOff {
+                    name: name.to_owned(),
+                    retry_in,
+                    last_error: f.last_error,
+                });
+            }
+        }
+        if inflight.len() >= MAX_PENDING_ORDERS {
+            return Err(Error::TooManyPending(inflight.len()));
+        }
+        let (tx, rx) = watch::channel(None);
+        inflight.insert(name.to_owned(), rx.clone());
+        let task = OrderTask {
+            acme: self.clone(),
+            name: name.to_owned(),
+            tx,
+            outcome: None,
+        };
+        // A task of its own: the order finishes even if every handshake
+        // waiting for it gives up.
+        tokio::spawn(async move {
+            let result = order.await;
+            task.acme.record(&task.name, &result);
+            task.acme.issuer.persist().await;
+            task.finish(result);
+        });
+        Ok(rx)
+    }
+
+    fn record(&self, name: &str, result: &Result<()>) {
+        let mut ledger = self.issuer.ledger();
+        match result {
+            Ok(()) => ledger.succeeded(name),
+            Err(e) => {
+                let failure = ledger.failed(name, self.clock.now(), e.to_string(), |count| backoff(e, count));
+                drop(ledger);
+                let serving = self.served.get(name).map(|s| s.info.not_after);
+                tracing::warn!(
+                    %name,
+                    error = %e,
+                    failures = failure.count,
+                    retry_in = ?self.clock.until(failure.retry_at),
+                    still_serving_until = ?serving,
+                    "could not obtain a certificate"
+                );
+            }
+        }
+    }
+
+    /// One attempt: the store first (a restart, another replica), then an
+    /// order.
+    async fn obtain_now(&self, name: &str, trigger: Trigger) -> Result<()> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Store("order queue closed".into()))?;
+        let issuer_key = self.issuer.issuer_key();
+        let _lock = self.store.lock(issuer_key, name).await?;
+        match self.store.load_cert(issuer_key, name).await {
+            Ok(Some(stored)) => match self.install_if_better(name, &stored) {
+                Ok(served) => {
+                    if served && (trigger == Trigger::Needed || !self.is_due(name)) {
+                        return Ok(());
+                    }
+                    if trigger == Trigger::Needed && self.served.has(name) {
+                        return Ok(());
+                    }
+                }
+                // A damaged file must not block issuance: order a new one.
+                Err(e) => tracing::warn!(%name, error = %e, "ignoring a damaged stored certificate"),
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%name, error = %e, "ignoring an unreadable stored certificate"),
+        }
+        let on_demand = trigger == Trigger::Needed && !self.served.is_own(name);
+        let bundle = self.issuer.issue(name, on_demand, self.events.as_ref()).await?;
+        let cert = bundle.certified_key().map_err(Error::BadCertificate)?;
+        // Served even if it cannot be stored: the order is spent either way;
+        // a store that fails only costs a new order after a restart.
+        if let Err(e) = self.store.save_cert(issuer_key, name, bundle).await {
+            tracing::error!(%name, error = %e, "a new certificate could not be stored; serving it from memory");
+        }
+        self.install(name, cert)?;
+        self.hold_fresh(name);
+        if let Some(s) = self.served.get(name) {
+            tracing::info!(
+                %name,
+                not_after = %httpdate::fmt_http_date(s.info.not_after),
+                renew_after = %httpdate::fmt_http_date(s.renew_at),
+                "certificate issued"
+            );
+        }
+        Ok(())
+    }
+
+    /// Serves `cert` for `name`, renewed a third of its lifetime before
+    /// the end unless the CA says otherwise (asked at the next pass).
+    fn install(&self, name: &str, cert: Arc<rustls::sign::CertifiedKey>) -> Result<()> {
+        let now = self.clock.now();
+        self.served.install(name, cert, &|info| (renew_at(info), Some(now)))
+    }
+
+    /// A certificate issued just now is not renewed before a third of its
+    /// lifetime has passed by our clock, whatever its dates say: a clock
+    /// ahead of the CA's (or a CA back-dating far) must not turn every fresh
+    /// certificate into a due one and renew in a loop.
+    fn hold_fresh(&self, name: &str) {
+        let now = self.clock.now();
+        if let Some(s) = self.served.lock().get_mut(name) {
+            s.renew_at = s.renew_at.max(now + s.info.lifetime() / 3);
+        }
+    }
+
+    /// Serves a stored certificate if it is valid and outlives the one
+    /// served now. Returns whether it is served now.
+    fn install_if_better(&self, name: &str, stored: &CertBundle) -> Result<bool> {
+        let cert = stored.certified_key().map_err(Error::BadCertificate)?;
+        let info = CertInfo::of(&cert)?;
+        if self.clock.now() >= info.not_after {
+            return Ok(false);
+        }
+        match self.served.get(name) {
+            Some(c) if c.info.not_after >= info.not_after => Ok(c.info == info),
+            _ => {
+                self.install(name, cert)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn is_due(&self, name: &str) -> bool {
+        self.served.get(name).is_none_or(|s| s.renew_at <= self.clock.now())
+    }
 }
 
 /// The in-flight entry of one order task. Dropped when the task ends, also
 /// by a panic or a runtime shutting down mid-order: the entry goes and the
 /// waiters get an answer, so the name is never stuck "in flight".
 struct OrderTask {
-    inner: Arc<Inner>,
+    acme: Arc<AcmeState>,
     name: String,
     tx: watch::Sender<Outcome>,
     /// Set when the task finished normally.
@@ -232,7 +333,6 @@ impl OrderTask {
 
 impl Drop for OrderTask {
     fn drop(&mut self) {
-        let Some(acme) = acme_of(&self.inner) else { return };
         let outcome = match self.outcome.take() {
             Some(o) => o,
             None => {
@@ -244,16 +344,17 @@ impl Drop for OrderTask {
                 // Backs off like any failure, so a panicking order cannot
                 // run again at every handshake. Saved with the next change.
                 let result = Err(err);
-                record(&self.inner, acme, &self.name, &result);
+                self.acme.record(&self.name, &result);
                 result.map_err(Arc::new)
             }
         };
-        acme.inflight
+        self.acme
+            .inflight
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.name);
         let _ = self.tx.send(Some(outcome));
-        acme.wake.notify_one();
+        self.acme.wake.notify_one();
     }
 }
 
@@ -276,167 +377,187 @@ fn backoff(err: &Error, count: u32) -> Duration {
     }
 }
 
-fn record(inner: &Inner, acme: &AcmeState, name: &str, result: &Result<()>) {
-    let mut ledger = acme.issuer.ledger();
-    match result {
-        Ok(()) => ledger.succeeded(name),
-        Err(e) => {
-            let failure = ledger.failed(name, inner.clock.now(), e.to_string(), |count| backoff(e, count));
-            drop(ledger);
-            let serving = inner.served_get(name).map(|s| s.info.not_after);
-            tracing::warn!(
-                %name,
-                error = %e,
-                failures = failure.count,
-                retry_in = ?inner.clock.until(failure.retry_at),
-                still_serving_until = ?serving,
-                "could not obtain a certificate"
-            );
-        }
-    }
-}
-
-/// One attempt: the store first (a restart, another replica), then an
-/// order.
-async fn obtain_now(inner: &Arc<Inner>, name: &str, trigger: Trigger) -> Result<()> {
-    let Some(acme) = acme_of(inner) else {
-        return Ok(());
-    };
-    let _permit = acme
-        .permits
-        .acquire()
-        .await
-        .map_err(|_| Error::Store("order queue closed".into()))?;
-    let issuer_key = acme.issuer.issuer_key();
-    let _lock = acme.store.lock(issuer_key, name).await?;
-    match acme.store.load_cert(issuer_key, name).await {
-        Ok(Some(stored)) => match install_if_better(inner, name, &stored) {
-            Ok(served) => {
-                if served && (trigger == Trigger::Needed || !is_due(inner, name)) {
-                    return Ok(());
-                }
-                if trigger == Trigger::Needed && inner.resolver.get(name).is_some() {
-                    return Ok(());
-                }
+/// Startup and the background task: stored certificates, renewals,
+/// expiry, the gateway's own names.
+impl AcmeState {
+    /// Serves every valid stored certificate of names still allowed.
+    pub(crate) async fn load_stored(&self) {
+        let key = self.issuer.issuer_key();
+        let names = match self.store.list_certs(key).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list stored certificates");
+                return;
             }
-            // A damaged file must not block issuance: order a new one.
-            Err(e) => tracing::warn!(%name, error = %e, "ignoring a damaged stored certificate"),
-        },
-        Ok(None) => {}
-        Err(e) => tracing::warn!(%name, error = %e, "ignoring an unreadable stored certificate"),
-    }
-    let on_demand = trigger == Trigger::Needed && !inner.own_names.iter().any(|n| n == name);
-    let bundle = acme.issuer.issue(name, on_demand, acme.events.as_ref()).await?;
-    let cert = bundle.certified_key().map_err(Error::BadCertificate)?;
-    // Served even if it cannot be stored: the order is spent either way;
-    // a store that fails only costs a new order after a restart.
-    if let Err(e) = acme.store.save_cert(issuer_key, name, bundle).await {
-        tracing::error!(%name, error = %e, "a new certificate could not be stored; serving it from memory");
-    }
-    inner.install(name, cert)?;
-    hold_fresh(inner, name);
-    if let Some(s) = inner.served_get(name) {
-        tracing::info!(
-            %name,
-            not_after = %httpdate::fmt_http_date(s.info.not_after),
-            renew_after = %httpdate::fmt_http_date(s.renew_at),
-            "certificate issued"
-        );
-    }
-    Ok(())
-}
-
-/// A certificate issued just now is not renewed before a third of its
-/// lifetime has passed by our clock, whatever its dates say: a clock
-/// ahead of the CA's (or a CA back-dating far) must not turn every fresh
-/// certificate into a due one and renew in a loop.
-fn hold_fresh(inner: &Inner, name: &str) {
-    let now = inner.clock.now();
-    let mut served = inner.served.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = served.get_mut(name) {
-        s.renew_at = s.renew_at.max(now + s.info.lifetime() / 3);
-    }
-}
-
-/// Serves a stored certificate if it is valid and outlives the one served
-/// now. Returns whether it is served now.
-fn install_if_better(inner: &Inner, name: &str, stored: &CertBundle) -> Result<bool> {
-    let cert = stored.certified_key().map_err(Error::BadCertificate)?;
-    let info = CertInfo::of(&cert)?;
-    if inner.clock.now() >= info.not_after {
-        return Ok(false);
-    }
-    let current = inner.served_get(name);
-    match current {
-        Some(c) if c.info.not_after >= info.not_after => Ok(c.info == info),
-        _ => {
-            inner.install(name, cert)?;
-            Ok(true)
+        };
+        let mut loaded = 0usize;
+        for name in names {
+            // Ownership only: a name under a wildcard grant needs a live relay
+            // to be *ordered*, but its relay reconnects after the gateway is
+            // up, and a stored certificate costs the CA nothing.
+            if !self.served.may_serve_stored(&name) {
+                continue;
+            }
+            match self.store.load_cert(key, &name).await {
+                Ok(Some(stored)) => match self.install_if_better(&name, &stored) {
+                    Ok(true) => loaded += 1,
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(%name, error = %e, "ignoring a stored certificate"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::warn!(%name, error = %e, "ignoring a stored certificate"),
+            }
         }
+        tracing::info!(loaded, "stored certificates served");
     }
-}
 
-fn is_due(inner: &Inner, name: &str) -> bool {
-    inner.served_get(name).is_none_or(|s| s.renew_at <= inner.clock.now())
-}
+    /// Renews in the background until [`AcmeState::stop`] or until the
+    /// manager is dropped.
+    pub(crate) fn spawn_maintenance(self: &Arc<Self>) {
+        tokio::spawn(maintain(
+            Arc::downgrade(self),
+            self.stopped.subscribe(),
+            self.wake.clone(),
+        ));
+    }
 
-/// Serves every valid stored certificate of names still allowed.
-pub(crate) async fn load_stored(inner: &Arc<Inner>) {
-    let Some(acme) = acme_of(inner) else { return };
-    let key = acme.issuer.issuer_key();
-    let names = match acme.store.list_certs(key).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot list stored certificates");
+    /// One pass: own names, expiry, due renewals, then renewal windows from
+    /// the CA (bounded, time-boxed, after everything that must not wait).
+    /// Returns when the next pass is needed.
+    async fn tick(self: &Arc<Self>) -> SystemTime {
+        let mut next = self.clock.now() + MAX_MAINTENANCE_SLEEP;
+        let mut consider = |at: SystemTime| {
+            if at < next {
+                next = at;
+            }
+        };
+        for name in &self.served.own_names {
+            if !self.served.has(name) {
+                self.start_background(name, Trigger::Needed, &mut consider);
+            }
+        }
+        let snapshot: Vec<(String, Served)> = self.served.lock().iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+        let mut ask_ca = Vec::new();
+        for (name, served) in snapshot {
+            let now = self.clock.now();
+            if now >= served.info.not_after {
+                tracing::warn!(%name, "certificate expired; no longer served");
+                self.served.uninstall(&name);
+                continue;
+            }
+            consider(served.info.not_after);
+            if !self.served.allowed(&name) {
+                continue; // no longer registered: served until it expires, not renewed
+            }
+            if served.renew_at <= now {
+                self.start_background(&name, Trigger::Renewal, &mut consider);
+                continue;
+            }
+            consider(served.renew_at);
+            match served.ari_check_at {
+                Some(check_at) if check_at <= now => ask_ca.push((name, served)),
+                Some(check_at) => consider(check_at),
+                None => {}
+            }
+        }
+        if ask_ca.is_empty() {
+            return next;
+        }
+        let checker = self.clone();
+        let (answers, left) = bounded_pass(ask_ca, MAX_CONCURRENT_ARI, ARI_PASS_DEADLINE, move |(name, served)| {
+            let acme = checker.clone();
+            async move {
+                let (window, answered_at) = answered(&acme.clock, acme.issuer.renewal_window(&served.leaf)).await;
+                (name, served, window, answered_at)
+            }
+        })
+        .await;
+        for (name, served, window, answered_at) in answers {
+            let renew_at = self.apply_window(&name, &served, window, answered_at);
+            if let Some(check_at) = self.served.get(&name).and_then(|s| s.ari_check_at) {
+                consider(check_at);
+            }
+            if renew_at <= self.clock.now() {
+                self.start_background(&name, Trigger::Renewal, &mut consider);
+            } else {
+                consider(renew_at);
+            }
+        }
+        if left > 0 {
+            tracing::debug!(left, "renewal windows not asked for in this pass; next pass at once");
+            consider(self.clock.now());
+        }
+        next
+    }
+
+    /// Applies the CA's answer about a renewal window (ARI), given at
+    /// `answered_at` (see [`answered`]), to `name`'s certificate; returns its
+    /// renewal time. The next request is due `Retry-After` (or
+    /// [`ARI_RETRY`] after a failure) from `answered_at`, not from now.
+    fn apply_window(
+        &self,
+        name: &str,
+        served: &Served,
+        window: Result<Option<RenewalWindow>>,
+        answered_at: SystemTime,
+    ) -> SystemTime {
+        let (new_renew_at, new_check_at) = match window {
+            Ok(Some(w)) => {
+                let span = w.end.duration_since(w.start).unwrap_or(Duration::ZERO);
+                let at = w.start + span.mul_f64(random_fraction());
+                let recheck = w.recheck_in.clamp(ARI_RECHECK.0, ARI_RECHECK.1);
+                tracing::debug!(%name, window_start = ?w.start, window_end = ?w.end, "renewal window from the CA");
+                (at.max(served.info.not_before), Some(answered_at + recheck))
+            }
+            Ok(None) => (served.renew_at, None),
+            Err(e) => {
+                tracing::debug!(%name, error = %e, "renewal window request failed");
+                (served.renew_at, Some(answered_at + ARI_RETRY))
+            }
+        };
+        if let Some(s) = self.served.lock().get_mut(name)
+            && s.info == served.info
+        {
+            s.renew_at = new_renew_at;
+            s.ari_check_at = new_check_at;
+        }
+        new_renew_at
+    }
+
+    fn start_background(self: &Arc<Self>, name: &str, trigger: Trigger, consider: &mut impl FnMut(SystemTime)) {
+        if self.is_inflight(name) {
             return;
         }
-    };
-    let mut loaded = 0usize;
-    for name in names {
-        // Ownership only: a name under a wildcard grant needs a live relay
-        // to be *ordered*, but its relay reconnects after the gateway is
-        // up, and a stored certificate costs the CA nothing.
-        if !inner.may_serve_stored(&name) {
-            continue;
+        if let Some(f) = self.failure(name)
+            && f.retry_at > self.clock.now()
+        {
+            consider(f.retry_at);
+            return;
         }
-        match acme.store.load_cert(key, &name).await {
-            Ok(Some(stored)) => match install_if_better(inner, &name, &stored) {
-                Ok(true) => loaded += 1,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(%name, error = %e, "ignoring a stored certificate"),
-            },
-            Ok(None) => {}
-            Err(e) => tracing::warn!(%name, error = %e, "ignoring a stored certificate"),
+        if trigger == Trigger::Renewal {
+            tracing::info!(%name, "renewing certificate");
         }
+        // The outcome is logged and recorded by the order task.
+        let _ = self.start(name, trigger);
     }
-    tracing::info!(loaded, "stored certificates served");
 }
 
-pub(crate) fn spawn_maintenance(inner: &Arc<Inner>) {
-    let weak = Arc::downgrade(inner);
-    let (stopped, wake) = match acme_of(inner) {
-        Some(a) => (a.stopped.subscribe(), a.wake.clone()),
-        None => return,
-    };
-    tokio::spawn(maintain(weak, stopped, wake));
-}
-
-async fn maintain(weak: Weak<Inner>, mut stopped: watch::Receiver<bool>, wake: Arc<Notify>) {
+async fn maintain(weak: Weak<AcmeState>, mut stopped: watch::Receiver<bool>, wake: Arc<Notify>) {
     loop {
         if *stopped.borrow() {
             return;
         }
-        let Some(inner) = weak.upgrade() else { return };
-        let clock = inner.clock.clone();
+        let Some(acme) = weak.upgrade() else { return };
+        let clock = acme.clock.clone();
         // Watching before the pass: an advance while it runs is not lost.
         let mut advanced = clock.watch();
-        let next = tick(&inner).await;
+        let next = acme.tick().await;
         let wake = wake.notified();
         tokio::pin!(wake);
-        // Registers interest before `inner` is released so no wake is lost.
+        // Registers interest before `acme` is released so no wake is lost.
         wake.as_mut().enable();
         let sleep = clock.until(next).min(MAX_MAINTENANCE_SLEEP);
-        drop(inner);
+        drop(acme);
         tokio::select! {
             _ = tokio::time::sleep(sleep) => {}
             _ = advanced.changed() => {}
@@ -444,88 +565,6 @@ async fn maintain(weak: Weak<Inner>, mut stopped: watch::Receiver<bool>, wake: A
             _ = stopped.changed() => {}
         }
     }
-}
-
-/// One pass: own names, expiry, due renewals, then renewal windows from
-/// the CA (bounded, time-boxed, after everything that must not wait).
-/// Returns when the next pass is needed.
-async fn tick(inner: &Arc<Inner>) -> SystemTime {
-    let mut next = inner.clock.now() + MAX_MAINTENANCE_SLEEP;
-    let Some(acme) = acme_of(inner) else { return next };
-    let mut consider = |at: SystemTime| {
-        if at < next {
-            next = at;
-        }
-    };
-    for name in &inner.own_names {
-        if inner.resolver.get(name).is_none() {
-            start_background(inner, acme, name, Trigger::Needed, &mut consider);
-        }
-    }
-    let snapshot: Vec<(String, Served)> = inner
-        .served
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .map(|(n, s)| (n.clone(), s.clone()))
-        .collect();
-    let mut ask_ca = Vec::new();
-    for (name, served) in snapshot {
-        let now = inner.clock.now();
-        if now >= served.info.not_after {
-            tracing::warn!(%name, "certificate expired; no longer served");
-            inner.uninstall(&name);
-            continue;
-        }
-        consider(served.info.not_after);
-        if !inner.allowed(&name) {
-            continue; // no longer registered: served until it expires, not renewed
-        }
-        if served.renew_at <= now {
-            start_background(inner, acme, &name, Trigger::Renewal, &mut consider);
-            continue;
-        }
-        consider(served.renew_at);
-        match served.ari_check_at {
-            Some(check_at) if check_at <= now => ask_ca.push((name, served)),
-            Some(check_at) => consider(check_at),
-            None => {}
-        }
-    }
-    if ask_ca.is_empty() {
-        return next;
-    }
-    let checker = inner.clone();
-    let (answers, left) = bounded_pass(ask_ca, MAX_CONCURRENT_ARI, ARI_PASS_DEADLINE, move |(name, served)| {
-        let inner = checker.clone();
-        async move {
-            let (window, answered_at) = answered(&inner.clock, async {
-                match acme_of(&inner) {
-                    Some(acme) => acme.issuer.renewal_window(&served.leaf).await,
-                    None => Ok(None),
-                }
-            })
-            .await;
-            (name, served, window, answered_at)
-        }
-    })
-    .await;
-    for (name, served, window, answered_at) in answers {
-        let renew_at = apply_window(inner, &name, &served, window, answered_at);
-        if let Some(check_at) = inner.served_get(&name).and_then(|s| s.ari_check_at) {
-            consider(check_at);
-        }
-        if renew_at <= inner.clock.now() {
-            start_background(inner, acme, &name, Trigger::Renewal, &mut consider);
-        } else {
-            consider(renew_at);
-        }
-    }
-    if left > 0 {
-        tracing::debug!(left, "renewal windows not asked for in this pass; next pass at once");
-        consider(inner.clock.now());
-    }
-    next
 }
 
 /// Runs `check` on every item, at most `limit` at once, until all are
@@ -579,71 +618,21 @@ async fn answered<T>(clock: &Clock, request: impl Future<Output = T>) -> (T, Sys
     (output, asked_at + started.elapsed())
 }
 
-/// Applies the CA's answer about a renewal window (ARI), given at
-/// `answered_at` (see [`answered`]), to `name`'s certificate; returns its
-/// renewal time. The next request is due `Retry-After` (or
-/// [`ARI_RETRY`] after a failure) from `answered_at`, not from now.
-fn apply_window(
-    inner: &Inner,
-    name: &str,
-    served: &Served,
-    window: Result<Option<RenewalWindow>>,
-    answered_at: SystemTime,
-) -> SystemTime {
-    let (new_renew_at, new_check_at) = match window {
-        Ok(Some(w)) => {
-            let span = w.end.duration_since(w.start).unwrap_or(Duration::ZERO);
-            let at = w.start + span.mul_f64(random_fraction());
-            let recheck = w.recheck_in.clamp(ARI_RECHECK.0, ARI_RECHECK.1);
-            tracing::debug!(%name, window_start = ?w.start, window_end = ?w.end, "renewal window from the CA");
-            (at.max(served.info.not_before), Some(answered_at + recheck))
-        }
-        Ok(None) => (served.renew_at, None),
-        Err(e) => {
-            tracing::debug!(%name, error = %e, "renewal window request failed");
-            (served.renew_at, Some(answered_at + ARI_RETRY))
-        }
-    };
-    let mut all = inner.served.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = all.get_mut(name)
-        && s.info == served.info
-    {
-        s.renew_at = new_renew_at;
-        s.ari_check_at = new_check_at;
-    }
-    new_renew_at
-}
-
-fn start_background(
-    inner: &Arc<Inner>,
-    acme: &AcmeState,
-    name: &str,
-    trigger: Trigger,
-    consider: &mut impl FnMut(SystemTime),
-) {
-    if acme.is_inflight(name) {
-        return;
-    }
-    if let Some(f) = acme.failure(name)
-        && f.retry_at > inner.clock.now()
-    {
-        consider(f.retry_at);
-        return;
-    }
-    if trigger == Trigger::Renewal {
-        tracing::info!(%name, "renewing certificate");
-    }
-    // The outcome is logged and recorded by the order task.
-    let _ = start(inner, acme, name, trigger);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::acme::AcmeConfig;
-    use crate::manager::{AcmeOptions, CertManager, Registered};
+    use crate::manager::{AcmeOptions, CertManager};
+    use crate::served::Registered;
     use crate::store::DirStore;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn acme_of(m: &CertManager) -> &Arc<AcmeState> {
+        match &m.inner.source {
+            crate::manager::Source::Acme(acme) => acme,
+            crate::manager::Source::Dev { .. } => panic!("an ACME manager"),
+        }
+    }
 
     /// An ACME manager whose CA is never reached (nothing here orders).
     async fn manager(dir: &std::path::Path, registered: Registered, options: AcmeOptions) -> CertManager {
@@ -662,12 +651,10 @@ mod tests {
     async fn a_panicking_order_task_does_not_jam_its_name() {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path(), Arc::new(|_: &str| true), AcmeOptions::default()).await;
-        let inner = &m.inner;
-        let acme = acme_of(inner).unwrap();
-        let mut rx = spawn_order(inner, acme, "a.test", async {
-            panic!("order task panicked (on purpose)")
-        })
-        .unwrap();
+        let acme = acme_of(&m);
+        let mut rx = acme
+            .spawn_order("a.test", async { panic!("order task panicked (on purpose)") })
+            .unwrap();
         let outcome = tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some))
             .await
             .expect("the waiters get an answer")
@@ -677,7 +664,7 @@ mod tests {
         assert!(!acme.is_inflight("a.test"), "the in-flight entry is gone");
         // The next handshake gets an answer at once (backing off), not a
         // wait on an order that will never end.
-        let next = tokio::time::timeout(Duration::from_secs(10), obtain(inner, "a.test"))
+        let next = tokio::time::timeout(Duration::from_secs(10), acme.obtain("a.test"))
             .await
             .expect("not stuck");
         assert!(matches!(next, Err(Error::BackingOff { .. })), "{next:?}");
@@ -754,30 +741,30 @@ mod tests {
     async fn the_next_renewal_window_request_counts_from_the_answer() {
         let dir = tempfile::tempdir().unwrap();
         let m = manager(dir.path(), Arc::new(|_: &str| true), AcmeOptions::default()).await;
-        let inner = &m.inner;
+        let acme = acme_of(&m);
         let cert = crate::pem::test_bundle("a.test").certified_key().unwrap();
-        inner.install("a.test", cert).unwrap();
+        acme.install("a.test", cert).unwrap();
         // Answered 120 s ago by the clock: it has moved on since.
-        let answered_at = inner.clock.now() - Duration::from_secs(120);
+        let answered_at = acme.clock.now() - Duration::from_secs(120);
         let later = answered_at + Duration::from_secs(30 * 86400);
         let window = RenewalWindow {
             start: later,
             end: later + Duration::from_secs(86400),
             recheck_in: Duration::from_secs(60),
         };
-        let served = inner.served_get("a.test").unwrap();
-        apply_window(inner, "a.test", &served, Ok(Some(window)), answered_at);
-        let check_at = inner.served_get("a.test").unwrap().ari_check_at;
+        let served = acme.served.get("a.test").unwrap();
+        acme.apply_window("a.test", &served, Ok(Some(window)), answered_at);
+        let check_at = acme.served.get("a.test").unwrap().ari_check_at;
         assert_eq!(check_at, Some(answered_at + Duration::from_secs(60)));
         assert!(
-            check_at.is_some_and(|at| at <= inner.clock.now()),
+            check_at.is_some_and(|at| at <= acme.clock.now()),
             "due at the next pass"
         );
         // A failed request is retried likewise from when it failed.
-        let served = inner.served_get("a.test").unwrap();
-        apply_window(inner, "a.test", &served, Err(Error::Store("down".into())), answered_at);
+        let served = acme.served.get("a.test").unwrap();
+        acme.apply_window("a.test", &served, Err(Error::Store("down".into())), answered_at);
         assert_eq!(
-            inner.served_get("a.test").unwrap().ari_check_at,
+            acme.served.get("a.test").unwrap().ari_check_at,
             Some(answered_at + ARI_RETRY)
         );
     }

@@ -4,18 +4,20 @@
 //! that name the handshake is refused.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::State;
-use crate::listener::TLS_HANDSHAKE_TIMEOUT;
 
+/// Completes the handshake within `handshake_timeout`, then closes.
 pub(crate) async fn answer(
     start: tokio_rustls::StartHandshake<TcpStream>,
     sni: Option<&str>,
     state: &State,
+    handshake_timeout: Duration,
 ) -> std::io::Result<()> {
     let cert = sni.and_then(|name| state.certs.challenges()?.tls_alpn01(name));
     let Some(cert) = cert else {
@@ -24,7 +26,7 @@ pub(crate) async fn answer(
         )));
     };
     let config = certs::challenge::tls_alpn01_server_config(cert).map_err(std::io::Error::other)?;
-    let mut tls = timeout(TLS_HANDSHAKE_TIMEOUT, start.into_stream(Arc::new(config)))
+    let mut tls = timeout(handshake_timeout, start.into_stream(Arc::new(config)))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "acme-tls/1 handshake timed out"))??;
     tracing::debug!(name = ?sni, "answered a TLS-ALPN-01 challenge");

@@ -1,19 +1,17 @@
-//! The bodies the gateway moves between clients and relays: a client's
-//! request body on its way to a relay, and a relay's response body on its
-//! way back.
+//! A client's request body on its way to a relay.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Either, Empty};
 use hyper::body::Incoming;
 
-use crate::pool::TunnelConn;
-use crate::session::{Session, StreamGuard};
+/// Body of a request sent to a relay: the client's, or none (a replay).
+pub type TunnelBody = Either<ClientBody, Empty<Bytes>>;
 
 /// Where a client's request body goes when the tunnel connection carrying
 /// it fails before the body is done. On h2, a request body dropped
@@ -120,60 +118,6 @@ impl Drop for ClientBody {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take().filter(|b| !b.is_end_stream()) {
             self.keeper.keep(inner);
-        }
-    }
-}
-
-/// A response body from a relay. Counts as in flight until it is done;
-/// once read to the end, its connection goes back to the session's pool.
-pub struct RelayBody {
-    inner: Incoming,
-    done: bool,
-    back: Option<(Arc<Session>, u64, TunnelConn)>,
-    _in_flight: StreamGuard,
-}
-
-impl RelayBody {
-    /// The body of a response that came on `back`'s connection.
-    pub fn new(inner: Incoming, back: (Arc<Session>, u64, TunnelConn), in_flight: StreamGuard) -> Self {
-        RelayBody {
-            inner,
-            done: false,
-            back: Some(back),
-            _in_flight: in_flight,
-        }
-    }
-}
-
-impl Body for RelayBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if frame.is_none() {
-            self.done = true;
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for RelayBody {
-    fn drop(&mut self) {
-        // A body dropped half-read leaves its connection mid-response: it
-        // closes with the handle.
-        if (self.done || self.inner.is_end_stream())
-            && let Some((session, route_id, conn)) = self.back.take()
-        {
-            session.release(route_id, conn);
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod registry;
+mod relay_body;
 pub mod session;
 mod table;
 

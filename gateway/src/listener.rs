@@ -174,7 +174,7 @@ async fn handle_tcp(
         .alpn()
         .is_some_and(|mut protocols| protocols.any(|p| p == certs::challenge::ACME_TLS_ALPN));
     if wants_acme {
-        return crate::acme_tls::answer(start, sni.as_deref(), &state)
+        return crate::acme_tls::answer(start, sni.as_deref(), &state, TLS_HANDSHAKE_TIMEOUT)
             .await
             .map(|()| None);
     }

@@ -8,8 +8,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::task::AbortHandle;
@@ -17,8 +15,7 @@ use tracing::Instrument;
 use tunnel_proto::limits::MAX_HTTP_HEAD;
 use tunnel_proto::{Frame, StreamKind, TunnelStream};
 
-/// Body of a request sent to a relay: the client's, or none (a replay).
-pub type TunnelBody = Either<crate::body::ClientBody, Empty<Bytes>>;
+use crate::body::TunnelBody;
 
 /// Idle connections one session keeps, over all its routes. Each holds a
 /// stream and, on the relay, a connection to the target.

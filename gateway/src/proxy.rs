@@ -21,15 +21,16 @@ use tunnel_proto::path::RequestPath;
 
 use crate::State;
 use crate::access::policy::{self, AccessRequest, Denial, Identity};
-use crate::body::{ClientBody, Keeper, RelayBody};
+use crate::body::{ClientBody, Keeper, TunnelBody};
 use crate::error::Error;
 use crate::headers::{
     self, HeadBudget, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REAL_IP, X_ROUTEHUB_ROLES,
     X_ROUTEHUB_TRANSPORT, X_ROUTEHUB_USER,
 };
 use crate::metrics::{AuthLabel, CodeLabel, OutcomeLabel};
-use crate::pool::{self, TunnelBody, TunnelConn};
+use crate::pool::{self, TunnelConn};
 use crate::registry::{Lookup, Routed};
+use crate::relay_body::RelayBody;
 use crate::session::Session;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

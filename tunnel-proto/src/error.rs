@@ -1,6 +1,6 @@
 use std::io;
 
-use crate::frame::RejectCode;
+use crate::reject::RejectCode;
 
 /// Everything that can go wrong in the tunnel protocol.
 ///

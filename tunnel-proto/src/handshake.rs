@@ -15,10 +15,11 @@
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::frame::{Frame, Hello, RejectCode, Welcome};
+use crate::frame::{Frame, Hello, Welcome};
 use crate::identity::{PublicKey, RelayKey};
 use crate::limits::{HANDSHAKE_TIMEOUT, MAX_HOSTNAMES, PROTOCOL_VERSION};
 use crate::names::HostPattern;
+use crate::reject::RejectCode;
 
 /// Domain separation for the proof signature.
 pub const PROOF_CONTEXT: &[u8] = b"routehub-auth-v1";

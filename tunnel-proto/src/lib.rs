@@ -16,6 +16,7 @@ pub mod limits;
 pub mod names;
 pub mod path;
 pub mod quic;
+pub mod reject;
 pub mod routes;
 pub mod splice;
 pub mod sync;
@@ -25,8 +26,9 @@ pub mod tunnel;
 mod wire;
 
 pub use error::{Error, Result};
-pub use frame::{Frame, Hello, Refused, RejectCode, RoutesUpdate, StreamKind, UpdateKind, Welcome};
+pub use frame::{Frame, Hello, Refused, RoutesUpdate, StreamKind, UpdateKind, Welcome};
 pub use identity::{PublicKey, RelayKey};
 pub use names::HostPattern;
+pub use reject::RejectCode;
 pub use routes::{AuthMode, Cidr, RoutePolicy, RouteSpec};
 pub use tunnel::{Transport, Tunnel, TunnelStream};

@@ -29,8 +29,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::tcp::to_io;
-use crate::tunnel::{StreamInner, TunnelStream};
+use crate::tcp::stream::to_io;
+use crate::tunnel::{Halves, TunnelStream};
 
 /// Largest read from the local side at once. On the stack, never held
 /// across an await.
@@ -46,12 +46,9 @@ const TARGET_FAILED: u32 = 1;
 /// (see the module docs). Returns bytes copied (tunnel → tcp, tcp → tunnel).
 pub async fn splice_tcp(stream: TunnelStream, tcp: TcpStream) -> io::Result<(u64, u64)> {
     let (tcp_read, tcp_write) = tcp.into_split();
-    match stream.inner {
-        StreamInner::Quic { send, recv } => drive(quic_to_tcp(recv, tcp_write), tcp_to_quic(tcp_read, send)).await,
-        StreamInner::Tcp(stream) => {
-            let (send, recv, unread) = stream.into_halves().await?;
-            drive(h2_to_tcp(recv, unread, tcp_write), tcp_to_h2(tcp_read, send)).await
-        }
+    match stream.into_halves().await? {
+        Halves::Quic { send, recv } => drive(quic_to_tcp(recv, tcp_write), tcp_to_quic(tcp_read, send)).await,
+        Halves::H2 { send, recv, unread } => drive(h2_to_tcp(recv, unread, tcp_write), tcp_to_h2(tcp_read, send)).await,
     }
 }
 

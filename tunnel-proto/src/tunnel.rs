@@ -44,7 +44,7 @@ pub struct Tunnel {
 #[derive(Clone)]
 enum Inner {
     Quic(quinn::Connection),
-    Tcp(std::sync::Arc<crate::tcp::H2Tunnel>),
+    Tcp(std::sync::Arc<crate::tcp::conn::H2Tunnel>),
 }
 
 impl Tunnel {
@@ -54,7 +54,7 @@ impl Tunnel {
         }
     }
 
-    pub(crate) fn from_tcp(t: std::sync::Arc<crate::tcp::H2Tunnel>) -> Self {
+    pub(crate) fn from_tcp(t: std::sync::Arc<crate::tcp::conn::H2Tunnel>) -> Self {
         Tunnel { inner: Inner::Tcp(t) }
     }
 
@@ -174,18 +174,45 @@ impl fmt::Debug for Tunnel {
 /// `AsyncRead`/`AsyncWrite`. Shutting down the write half ends the peer's
 /// reads; dropping the stream finishes it.
 pub struct TunnelStream {
-    pub(crate) inner: StreamInner,
+    inner: StreamInner,
 }
 
-pub(crate) enum StreamInner {
+enum StreamInner {
     Quic {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
     },
-    Tcp(crate::tcp::H2Stream),
+    Tcp(crate::tcp::stream::H2Stream),
+}
+
+/// A stream split into its two directions, each transport's halves as
+/// they are: the relay's splice copies from and to them without a buffer
+/// of its own.
+pub(crate) enum Halves {
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    /// `unread`: bytes already taken from `recv` but not yet read.
+    H2 {
+        send: h2::SendStream<bytes::Bytes>,
+        recv: h2::RecvStream,
+        unread: bytes::Bytes,
+    },
 }
 
 impl TunnelStream {
+    /// Splits the stream (on h2, once the peer's headers are in).
+    pub(crate) async fn into_halves(self) -> io::Result<Halves> {
+        match self.inner {
+            StreamInner::Quic { send, recv } => Ok(Halves::Quic { send, recv }),
+            StreamInner::Tcp(stream) => {
+                let (send, recv, unread) = stream.into_halves().await?;
+                Ok(Halves::H2 { send, recv, unread })
+            }
+        }
+    }
+
     /// Sends this stream's data ahead of every other stream's: for the
     /// control stream, whose heartbeats must never wait behind bulk data.
     /// On the TCP fallback h2 sends one frame of each stream in turn

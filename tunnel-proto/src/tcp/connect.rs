@@ -1,40 +1,20 @@
-//! The fallback transport: TCP + TLS 1.3 + HTTP/2 framing, ALPN
-//! `routehub/1`, on the gateway's HTTPS port, for networks that block UDP.
-//!
-//! HTTP/2 (the `h2` crate) is only the stream multiplexer here: each tunnel
-//! stream is one h2 stream carrying raw bytes in DATA frames, with h2's
-//! flow control. It gives the TCP fallback what QUIC has: a small window
-//! per stream under one shared connection window, so thousands of streams
-//! (requests, WebSockets) fit in the memory of one QUIC connection. (yamux
-//! gives every stream at least 256 KiB of window, which held the fallback
-//! to a few dozen concurrent streams for the same memory.)
-//!
-//! Roles follow HTTP/2's: the gateway is the h2 client and opens every
-//! stream; the relay is the h2 server and accepts them. The relay's control
-//! stream is therefore opened by the gateway as soon as the connection is
-//! up: the gateway's first [`Tunnel::accept_stream`] returns it, and so
-//! does the relay's only [`Tunnel::open_stream`]. Above this module nobody
-//! knows the difference.
-//!
-//! The unauthenticated side of a new connection (the would-be relay) can
-//! thus open nothing: an h2 server cannot start streams, and push is off.
+//! Setting up a TCP tunnel: TCP, TLS 1.3 with ALPN `routehub/1`, then h2
+//! with the same windows and limits as QUIC, on either side.
 
-use std::future::{Future, poll_fn};
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use h2::{Reason, RecvStream, SendStream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use bytes::Bytes;
+use h2::Reason;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Mutex, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::conn::{Ending, H2Tunnel, OPEN_PERMITS, Role, spawn_connection};
+use super::stream::{H2Stream, open, to_io};
 use crate::error::{Error, Result};
 use crate::handshake::{EXPORTER_LABEL, Exporter};
 use crate::limits::{
@@ -67,332 +47,6 @@ const DATA_FRAME_BUDGET: usize = 32 * 1024 * 1024;
 /// Largest header block accepted: stream headers here are a few bytes.
 const MAX_HEADER_LIST: u32 = 4 * 1024;
 
-/// Streams the gateway may have open: the relay's limit. Opens beyond it
-/// wait (callers bound the wait) instead of queueing inside h2.
-pub const OPEN_PERMITS: usize = MAX_STREAMS_PER_SESSION as usize;
-
-/// How long a stream dropped right after a write is held so that what was
-/// written still goes out (see [`H2Stream`]'s `Drop`).
-const LINGER: Duration = Duration::from_secs(1);
-
-/// One tunnel stream: an h2 stream carrying raw bytes.
-pub(crate) struct H2Stream {
-    /// `None` once handed on by [`H2Stream::into_halves`].
-    send: Option<SendStream<Bytes>>,
-    recv: Recv,
-    /// The rest of the last DATA frame, not yet read.
-    unread: Bytes,
-    /// Whether the last thing done was a write (decides what a drop does).
-    wrote_last: bool,
-    permit: Option<OwnedSemaphorePermit>,
-}
-
-enum Recv {
-    /// Opened by the gateway: the relay's answering headers are not in yet.
-    Waiting(h2::client::ResponseFuture),
-    Open(RecvStream),
-    /// Handed on by [`H2Stream::into_halves`].
-    Taken,
-}
-
-impl H2Stream {
-    fn accepted(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        H2Stream {
-            send: Some(send),
-            recv: Recv::Open(recv),
-            unread: Bytes::new(),
-            wrote_last: false,
-            permit: None,
-        }
-    }
-
-    /// The receiving half, once the peer's headers are in.
-    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<&mut RecvStream>> {
-        if let Recv::Waiting(response) = &mut self.recv {
-            let response = ready!(Pin::new(response).poll(cx)).map_err(to_io)?;
-            self.recv = Recv::Open(response.into_body());
-        }
-        match &mut self.recv {
-            Recv::Open(r) => Poll::Ready(Ok(r)),
-            Recv::Waiting(_) | Recv::Taken => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-
-    fn send(&mut self) -> io::Result<&mut SendStream<Bytes>> {
-        self.send.as_mut().ok_or_else(|| io::ErrorKind::BrokenPipe.into())
-    }
-
-    /// Splits the stream for the relay's splice: the sending half and the
-    /// receiving half (with any bytes already taken from it).
-    pub(crate) async fn into_halves(mut self) -> io::Result<(SendStream<Bytes>, RecvStream, Bytes)> {
-        poll_fn(|cx| self.poll_recv(cx).map_ok(|_| ())).await?;
-        let send = self.send.take().ok_or(io::ErrorKind::BrokenPipe)?;
-        match std::mem::replace(&mut self.recv, Recv::Taken) {
-            Recv::Open(r) => Ok((send, r, std::mem::take(&mut self.unread))),
-            Recv::Waiting(_) | Recv::Taken => Err(io::ErrorKind::BrokenPipe.into()),
-        }
-    }
-}
-
-/// Dropping a stream ends it as on QUIC. h2 resets a stream dropped while
-/// the peer's side is open, which stops the peer at once (QUIC's
-/// `STOP_SENDING`): right for a stream given up on while reading (an
-/// abandoned response, an idle pooled connection). But a reset also
-/// discards what is still queued, so a stream dropped right after a write
-/// (a `Reject` on the control stream) first ends its side and is held for
-/// [`LINGER`], or until the peer resets it, so the write still arrives.
-impl Drop for H2Stream {
-    fn drop(&mut self) {
-        let Some(mut send) = self.send.take() else { return };
-        if !self.wrote_last {
-            return;
-        }
-        let _ = send.send_data(Bytes::new(), true);
-        // The permit goes with the stream: h2 counts it until it is done.
-        let permit = self.permit.take();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = tokio::time::timeout(LINGER, poll_fn(|cx| send.poll_reset(cx))).await;
-                drop(permit);
-            });
-        }
-    }
-}
-
-/// An h2 error as an I/O error; a stream the peer reset reads as a reset
-/// connection, as it would on QUIC.
-pub(crate) fn to_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        return e.into_io().unwrap_or_else(|| io::Error::other("h2 I/O error"));
-    }
-    match e.reason() {
-        Some(_) if e.is_reset() || e.is_remote() => io::Error::new(io::ErrorKind::ConnectionReset, e),
-        _ => io::Error::other(e),
-    }
-}
-
-impl AsyncRead for H2Stream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        while this.unread.is_empty() {
-            let recv = ready!(this.poll_recv(cx))?;
-            match ready!(recv.poll_data(cx)) {
-                Some(Ok(data)) => this.unread = data,
-                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
-                None => {
-                    this.wrote_last = false;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-        this.wrote_last = false;
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
-        // Window back to the peer only for what was read: unread bytes
-        // stay bounded by the stream's window.
-        if let Recv::Open(r) = &mut this.recv {
-            let _ = r.flow_control().release_capacity(n);
-        }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for H2Stream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let this = self.get_mut();
-        this.wrote_last = true;
-        let send = this.send()?;
-        // Capacity is asked for only with bytes in hand, so an idle stream
-        // holds none of the connection's window.
-        send.reserve_capacity(buf.len());
-        match ready!(send.poll_capacity(cx)) {
-            Some(Ok(n)) => {
-                let n = n.min(buf.len());
-                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(to_io)?;
-                Poll::Ready(Ok(n))
-            }
-            Some(Err(e)) => Poll::Ready(Err(to_io(e))),
-            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The connection task writes out what h2 holds.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        this.wrote_last = true;
-        let send = this.send()?;
-        // Ending twice (or after a reset) is not an error for a shutdown.
-        let _ = send.send_data(Bytes::new(), true);
-        send.reserve_capacity(0);
-        Poll::Ready(Ok(()))
-    }
-}
-
-/// What one side of the connection does with streams.
-enum Role {
-    /// h2 client: opens every stream. `control` is the relay's control
-    /// stream, opened at once, until the gateway's session takes it.
-    Gateway {
-        opener: h2::client::SendRequest<Bytes>,
-        control: std::sync::Mutex<Option<H2Stream>>,
-    },
-    /// h2 server: accepts streams; the first is the control stream.
-    Relay {
-        inbound: Mutex<mpsc::Receiver<H2Stream>>,
-        control_taken: AtomicBool,
-    },
-}
-
-/// Handle to an h2 connection driven by its own task.
-pub(crate) struct H2Tunnel {
-    role: Role,
-    close: CancellationToken,
-    /// `Some(reason)` once the connection task has stopped.
-    closed: watch::Receiver<Option<String>>,
-    remote: SocketAddr,
-    exporter: Exporter,
-    permits: Arc<Semaphore>,
-    waiting: AtomicUsize,
-}
-
-/// Runs `f` when dropped (also when the future holding it is cancelled).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
-
-/// The request that opens a stream: h2 wants a method and a path.
-fn stream_request() -> http::Request<()> {
-    let mut request = http::Request::new(());
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = http::Uri::from_static("https://routehub/stream");
-    request
-}
-
-impl H2Tunnel {
-    /// Gateway: waits for a permit (the relay's stream limit), then opens.
-    /// Relay: returns the control stream the gateway opened for it.
-    pub(crate) async fn open_stream(&self) -> Result<H2Stream> {
-        match &self.role {
-            Role::Gateway { opener, .. } => {
-                let permit = {
-                    self.waiting.fetch_add(1, Ordering::AcqRel);
-                    let _waited = scopeguard(|| {
-                        self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    });
-                    self.permits
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .map_err(|_| self.closed_error())?
-                };
-                let mut stream = open(opener.clone()).await.map_err(|e| self.h2_error(e))?;
-                stream.permit = Some(permit);
-                Ok(stream)
-            }
-            Role::Relay { inbound, control_taken } => {
-                if control_taken.swap(true, Ordering::AcqRel) {
-                    return Err(Error::Closed(
-                        "a relay opens only its control stream on a TCP tunnel".into(),
-                    ));
-                }
-                inbound.lock().await.recv().await.ok_or_else(|| self.closed_error())
-            }
-        }
-    }
-
-    pub(crate) async fn accept_stream(&self) -> Option<H2Stream> {
-        match &self.role {
-            Role::Gateway { control, .. } => {
-                let taken = control.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if taken.is_some() {
-                    return taken;
-                }
-                // The relay can open nothing else.
-                self.closed().await;
-                None
-            }
-            Role::Relay { inbound, .. } => inbound.lock().await.recv().await,
-        }
-    }
-
-    pub(crate) fn at_limit(&self) -> bool {
-        self.permits.available_permits() == 0
-    }
-
-    /// Opens waiting for a permit right now.
-    pub(crate) fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn close(&self) {
-        self.close.cancel();
-    }
-
-    pub(crate) async fn closed(&self) -> Error {
-        let mut rx = self.closed.clone();
-        let _ = rx.wait_for(Option::is_some).await;
-        self.closed_error()
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed.borrow().is_some()
-    }
-
-    fn closed_error(&self) -> Error {
-        Error::Closed(
-            self.closed
-                .borrow()
-                .clone()
-                .unwrap_or_else(|| "TCP tunnel closed".into()),
-        )
-    }
-
-    fn h2_error(&self, e: h2::Error) -> Error {
-        if self.is_closed() {
-            return self.closed_error();
-        }
-        Error::Io(to_io(e))
-    }
-
-    pub(crate) fn remote_address(&self) -> SocketAddr {
-        self.remote
-    }
-
-    pub(crate) fn exporter(&self) -> Exporter {
-        self.exporter
-    }
-}
-
-/// Opens one stream on the gateway side.
-async fn open(opener: h2::client::SendRequest<Bytes>) -> Result<H2Stream, h2::Error> {
-    let mut opener = opener.ready().await?;
-    let (response, send) = opener.send_request(stream_request(), false)?;
-    Ok(H2Stream {
-        send: Some(send),
-        recv: Recv::Waiting(response),
-        unread: Bytes::new(),
-        wrote_last: false,
-        permit: None,
-    })
-}
-
 /// Windows and limits, the same on both sides and the same as QUIC's.
 macro_rules! configure {
     ($builder:expr) => {
@@ -413,33 +67,6 @@ macro_rules! configure {
             // they would close a long-lived tunnel.
             .max_local_error_reset_streams(None)
     };
-}
-
-/// What the connection task needs to end a tunnel.
-struct Ending {
-    stop: CancellationToken,
-    closed: watch::Sender<Option<String>>,
-    permits: Arc<Semaphore>,
-}
-
-/// Runs `conn` (the connection's I/O) until it ends or the tunnel is
-/// closed, then publishes why and fails every open waiting for a permit.
-fn spawn_connection<F>(conn: F, ending: Ending)
-where
-    F: Future<Output = Result<(), h2::Error>> + Send + 'static,
-{
-    tokio::spawn(async move {
-        let reason = tokio::select! {
-            r = conn => match r {
-                Ok(()) => "peer closed the connection".to_owned(),
-                Err(e) => format!("h2: {e}"),
-            },
-            _ = ending.stop.cancelled() => "closed locally".to_owned(),
-        };
-        // Dropping the connection closes the socket.
-        let _ = ending.closed.send(Some(reason));
-        ending.permits.close();
-    });
 }
 
 fn tunnel(role: Role, remote: SocketAddr, exporter: Exporter) -> (Tunnel, Ending) {
@@ -604,6 +231,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::tcp::stream::LINGER;
     use crate::tunnel::TunnelStream;
 
     async fn pair() -> (Tunnel, Tunnel) {

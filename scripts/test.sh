@@ -3,10 +3,10 @@
 # format check, clippy and the whole test suite. CI runs exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Tests that need Chromium or Pebble skip when they are missing, except
-# under CI=true, where they fail. This script installs both, so a missing
-# one is a failure here too, locally as in CI; a plain `cargo test` keeps
-# skipping.
+# Tests that need Chromium, Pebble or a Docker Engine skip when they are
+# missing, except under CI=true, where they fail. This script installs
+# Chromium and Pebble (the engine is the machine's), so a missing one is a
+# failure here too, locally as in CI; a plain `cargo test` keeps skipping.
 export CI=true
 
 # Debian packages the tests use. Installed only when missing.
@@ -17,6 +17,9 @@ command -v pebble >/dev/null || packages+=(pebble)
 command -v chromium >/dev/null || packages+=(chromium)
 # curl, a third-party HTTP/2 client, for tests of what real clients see.
 command -v curl >/dev/null || packages+=(curl)
+# A static busybox, the only thing in the test containers' image
+# (tests/src/docker.rs builds it; nothing is pulled).
+dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
 apt_install() {
     [ ${#packages[@]} -eq 0 ] && return 0
     local sudo=""

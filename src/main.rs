@@ -236,6 +236,11 @@ struct RelayArgs {
     /// only unless the config file sets dangerous_admin_public = true.
     #[arg(long)]
     admin_listen: Option<SocketAddr>,
+    /// The Docker Engine socket whose containers' labels make routes
+    /// [default: /var/run/docker.sock]; `label_routes = false` in the
+    /// config file turns label routes off.
+    #[arg(long)]
+    docker_socket: Option<PathBuf>,
 }
 
 fn init_tracing() {

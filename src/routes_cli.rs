@@ -134,6 +134,7 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                 middlewares: Vec::new(),
                 health: health_path.map(|path| health(path, health_interval)),
                 enabled: !disabled,
+                owner: None,
             };
             written(&args.json, "added", api.add(&route, true).await?)?;
         }
@@ -173,6 +174,7 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                 } else {
                     None
                 },
+                owner: None,
             };
             written(&args.json, "changed", api.update(id, &patch, true).await?)?;
         }

@@ -101,6 +101,38 @@ fn health_of(status: &str) -> Health {
     }
 }
 
+/// Something that happened to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// `start`, `die`, `health_status: healthy`, …
+    pub action: String,
+    /// The container's id.
+    pub id: String,
+}
+
+impl Event {
+    /// What the event says of the container, where a container list read
+    /// right after it may not say it yet: the engine sends `die` before its
+    /// list shows the container stopped.
+    pub fn news(&self) -> Option<News> {
+        match self.action.as_str() {
+            "die" | "stop" | "destroy" | "pause" => Some(News::Ended),
+            "start" | "unpause" => Some(News::Running),
+            "health_status: healthy" => Some(News::Health(Health::Healthy)),
+            "health_status: unhealthy" => Some(News::Health(Health::Unhealthy)),
+            _ => None,
+        }
+    }
+}
+
+/// What an event says of its container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum News {
+    Ended,
+    Running,
+    Health(Health),
+}
+
 /// A connection to one Docker Engine. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -151,7 +183,7 @@ impl Engine {
 
     /// Container events that can change what is routed; ends when the
     /// engine goes away (the caller reconnects and reads everything anew).
-    pub fn container_events(&self) -> impl Stream<Item = Result<String>> + use<> {
+    pub fn container_events(&self) -> impl Stream<Item = Result<Event>> + use<> {
         let filters = HashMap::from([
             ("type".to_owned(), vec!["container".to_owned()]),
             (
@@ -175,9 +207,13 @@ impl Engine {
             filters: Some(filters),
             ..Default::default()
         };
-        self.docker
-            .events(Some(options))
-            .map(|e| Ok(e?.action.unwrap_or_default()))
+        self.docker.events(Some(options)).map(|e| {
+            let e = e?;
+            Ok(Event {
+                action: e.action.unwrap_or_default(),
+                id: e.actor.and_then(|a| a.id).unwrap_or_default(),
+            })
+        })
     }
 }
 

@@ -6,6 +6,6 @@ pub mod engine;
 pub mod error;
 pub mod labels;
 
-pub use engine::{Container, Engine, Health};
+pub use engine::{Container, Engine, Event, Health, News};
 pub use error::{Error, Result};
 pub use labels::{LabelRoute, routes_of};

@@ -122,6 +122,7 @@ fn existing_route() -> Route {
         enabled: true,
         created_at: String::new(),
         updated_at: String::new(),
+        owner: None,
     }
 }
 

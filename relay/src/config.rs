@@ -37,6 +37,11 @@ pub struct RelayConfig {
     /// Allows a non-loopback admin address (the token is then all that
     /// protects your routes; put TLS in front).
     pub dangerous_admin_public: bool,
+    /// Routes from container labels (`routehub.*`, Traefik's), kept in
+    /// step with the Docker Engine at `docker_socket`.
+    pub label_routes: bool,
+    /// The Docker Engine's unix socket.
+    pub docker_socket: PathBuf,
 }
 
 /// Where the admin API listens by default.
@@ -56,6 +61,8 @@ impl Default for RelayConfig {
             data_dir: ops::fs::default_data_dir("relay"),
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.into()),
             dangerous_admin_public: false,
+            label_routes: true,
+            docker_socket: deploy::engine::DEFAULT_SOCKET.into(),
         }
     }
 }
@@ -118,6 +125,7 @@ impl RouteConfig {
             middlewares: Vec::new(),
             health: None,
             enabled: true,
+            owner: None,
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod client;
 pub mod config;
 pub mod connect;
+pub mod containers;
 pub mod error;
 pub mod gateway_addr;
 pub mod gateways;
@@ -142,6 +143,9 @@ impl Relay {
         let (status_tx, status) = watch::channel(Status::new());
         let shutdown = CancellationToken::new();
         let unhealthy = health::spawn(store.clone(), store.routes(), shutdown.clone()).await;
+        if config.label_routes {
+            containers::spawn(store.clone(), config.docker_socket.clone(), shutdown.clone());
+        }
         let shared = Arc::new(Shared {
             key,
             instance: random_u64(),

@@ -24,6 +24,10 @@ pub struct Route {
     pub enabled: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// `container:<name>` for a route made from that container's labels
+    /// (kept in step with the container); none for every other route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl Route {
@@ -42,11 +46,16 @@ impl Route {
 
     /// The route without timestamps: what versions and rollbacks compare.
     pub fn content(&self) -> Value {
-        serde_json::json!({
+        let mut content = serde_json::json!({
             "id": self.id, "host": self.host, "path": self.path, "priority": self.priority,
             "target": self.target, "policy": self.policy, "middlewares": self.middlewares,
             "health": self.health, "enabled": self.enabled,
-        })
+        });
+        // Only where set: the checksums of sets without owners stay as they were.
+        if let Some(owner) = &self.owner {
+            content["owner"] = owner.as_str().into();
+        }
+        content
     }
 
     /// `host/path` for messages.
@@ -114,6 +123,9 @@ pub struct NewRoute {
     pub health: Option<HealthCheck>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// Set by label sync only; no API, flag or file can.
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// Fields to change on a route; absent fields stay. `"health": null`
@@ -141,6 +153,9 @@ pub struct RoutePatch {
     pub health: Option<Option<HealthCheck>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+    /// A new owner (label sync only).
+    #[serde(skip)]
+    pub owner: Option<String>,
 }
 
 /// A field that is present, `null` included (absent fields take `default`).
@@ -314,6 +329,7 @@ impl RoutePatch {
             middlewares: self.middlewares.unwrap_or_else(|| r.middlewares.clone()),
             health: self.health.unwrap_or_else(|| r.health.clone()),
             enabled: self.enabled.unwrap_or(r.enabled),
+            owner: self.owner.or_else(|| r.owner.clone()),
         }
     }
 }
@@ -396,6 +412,7 @@ mod tests {
             enabled: true,
             created_at: String::new(),
             updated_at: String::new(),
+            owner: None,
         }
     }
 

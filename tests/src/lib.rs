@@ -6,6 +6,7 @@ pub mod acme_proxy;
 pub mod backend;
 pub mod browser;
 pub mod client;
+pub mod docker;
 pub mod faults;
 pub mod logs;
 pub mod net;

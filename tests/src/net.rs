@@ -219,6 +219,8 @@ impl TestNet {
             server_name: Some("gateway.test".into()),
             routes,
             drain_timeout_secs: 5,
+            // Tests that follow containers say so (tests/tests/labels.rs).
+            label_routes: false,
             ..Default::default()
         }
     }

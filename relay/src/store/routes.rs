@@ -22,7 +22,7 @@ pub fn set_checksum(routes: &[Route]) -> String {
 }
 
 const ROUTE_COLUMNS: &str =
-    "id, host, path, priority, target, policy, middlewares, health, enabled, created_at, updated_at";
+    "id, host, path, priority, target, policy, middlewares, health, enabled, created_at, updated_at, owner";
 
 fn row_to_route(row: &rusqlite::Row<'_>) -> rusqlite::Result<Route> {
     let text = |i: usize| -> rusqlite::Result<String> { row.get(i) };
@@ -46,6 +46,7 @@ fn row_to_route(row: &rusqlite::Row<'_>) -> rusqlite::Result<Route> {
         enabled: row.get(8)?,
         created_at: text(9)?,
         updated_at: text(10)?,
+        owner: row.get(11)?,
     })
 }
 
@@ -80,7 +81,7 @@ pub(super) fn count_enabled(conn: &Connection) -> Result<usize> {
 pub(super) fn insert_route(tx: &Transaction<'_>, r: &Route) -> Result<u64> {
     let id = (r.id != 0).then_some(r.id as i64);
     let result = tx.execute(
-        &format!("INSERT INTO routes ({ROUTE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+        &format!("INSERT INTO routes ({ROUTE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
         params![
             id,
             r.host,
@@ -92,7 +93,8 @@ pub(super) fn insert_route(tx: &Transaction<'_>, r: &Route) -> Result<u64> {
             r.health.as_ref().map(json),
             r.enabled,
             r.created_at,
-            r.updated_at
+            r.updated_at,
+            r.owner
         ],
     );
     result.map_err(|e| conflict_or(e, &r.host, &r.path))?;
@@ -126,6 +128,7 @@ pub(super) fn insert_new(tx: &Transaction<'_>, new: NewRoute) -> Result<Written>
         enabled: new.enabled,
         created_at: at.clone(),
         updated_at: at,
+        owner: new.owner,
     };
     let id = insert_route(tx, &fresh)?;
     let route = load_route(tx, id)?;
@@ -142,7 +145,7 @@ pub(super) fn insert_new(tx: &Transaction<'_>, new: NewRoute) -> Result<Written>
 pub(super) fn update_route(tx: &Transaction<'_>, id: u64, new: &NewRoute) -> Result<Route> {
     tx.execute(
         "UPDATE routes SET host = ?2, path = ?3, priority = ?4, target = ?5, policy = ?6, middlewares = ?7,
-         health = ?8, enabled = ?9, updated_at = ?10 WHERE id = ?1",
+         health = ?8, enabled = ?9, updated_at = ?10, owner = ?11 WHERE id = ?1",
         params![
             id as i64,
             new.host,
@@ -153,7 +156,8 @@ pub(super) fn update_route(tx: &Transaction<'_>, id: u64, new: &NewRoute) -> Res
             json(&new.middlewares),
             new.health.as_ref().map(json),
             new.enabled,
-            now()
+            now(),
+            new.owner
         ],
     )
     .map_err(|e| conflict_or(e, &new.host, &new.path))?;

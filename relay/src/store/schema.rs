@@ -91,6 +91,11 @@ INSERT OR IGNORE INTO seeds (host, path, target, applied_at)
       AND json_extract(after, '$.path') IS NOT NULL
       AND json_extract(after, '$.target') IS NOT NULL;
 "#,
+    // Routes made from container labels name their container; the others
+    // (API, CLI, config) have none and are never touched by label sync.
+    r#"
+ALTER TABLE routes ADD COLUMN owner TEXT;
+"#,
 ];
 
 /// Brings the schema of `conn` (the file at `path`) up to date. A store

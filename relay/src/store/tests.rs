@@ -166,7 +166,8 @@ async fn stores_from_before_the_seeds_table_count_config_routes_as_seeded() {
     drop(store);
     // What a store written before the seeds table looks like.
     let conn = Connection::open(&path).unwrap();
-    conn.execute_batch("DROP TABLE seeds; PRAGMA user_version = 1").unwrap();
+    conn.execute_batch("DROP TABLE seeds; ALTER TABLE routes DROP COLUMN owner; PRAGMA user_version = 1")
+        .unwrap();
     drop(conn);
     let store = Store::open(&path).unwrap();
     assert_eq!(store.seed(vec![seed_route("a.test", 1)]).await.unwrap(), 0);

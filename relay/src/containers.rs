@@ -1,0 +1,219 @@
+//! Routes from container labels, kept in step with the Docker Engine:
+//! every running container whose labels ask for a route (`routehub.*` or
+//! Traefik's) and that is ready (no healthcheck, or a passing one) has it,
+//! targeting the container's address; a container that stops, dies or
+//! turns unhealthy loses it. Driven by the engine's events; after the
+//! engine goes away and comes back, everything is read anew.
+//!
+//! Label routes are the store's like any other (versioned, pushed to the
+//! gateways) but owned by their container: sync touches only those, and a
+//! route made through the API, CLI or config always wins a clash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use deploy::{Container, Engine, News};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::{NewRoute, Route, RoutePatch, validate};
+use crate::store::Store;
+
+/// What the change log names as the author of label routes.
+pub const ACTOR: &str = "docker";
+/// Events that come together are applied together: one read of the
+/// engine after the first waits this long for the rest.
+const SETTLE: Duration = Duration::from_millis(50);
+/// Waits between attempts to reach an engine that is not there.
+const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Keeps label routes in step with the engine at `socket` until
+/// `shutdown`. Never fails: an engine that is missing or goes away is
+/// retried, and the relay serves its other routes meanwhile.
+pub fn spawn(store: Store, socket: PathBuf, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = run(&store, socket) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    });
+}
+
+async fn run(store: &Store, socket: PathBuf) {
+    let mut wait = RETRY.0;
+    let mut said_missing = false;
+    loop {
+        match Engine::connect(&socket).await {
+            Ok(engine) => {
+                tracing::info!(socket = %socket.display(), api = %engine.api_version(), "following containers for label routes");
+                said_missing = false;
+                wait = RETRY.0;
+                follow(store, &engine).await;
+                tracing::warn!(socket = %socket.display(), "lost the Docker Engine; label routes stay until it is back");
+            }
+            Err(e) if !said_missing => {
+                tracing::info!(error = %e, "label routes are off until a Docker Engine is there");
+                said_missing = true;
+            }
+            Err(e) => tracing::debug!(error = %e, "no Docker Engine yet"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(RETRY.1);
+    }
+}
+
+/// Syncs once, then again after every burst of container events, until
+/// the event stream ends.
+async fn follow(store: &Store, engine: &Engine) {
+    // Subscribed before the first read, so nothing between them is missed.
+    let mut events = Box::pin(engine.container_events());
+    // What events said that a list read just after may not show yet.
+    let mut news: HashMap<String, News> = HashMap::new();
+    loop {
+        match engine.running().await {
+            Ok(mut containers) => {
+                news.retain(|id, _| containers.iter().any(|c| &c.id == id));
+                containers.retain_mut(|c| match news.get(&c.id) {
+                    Some(News::Ended) => false,
+                    Some(News::Health(h)) => {
+                        c.health = *h;
+                        true
+                    }
+                    _ => true,
+                });
+                if let Err(e) = sync(store, &containers).await {
+                    tracing::warn!(error = %e, "label routes not synced");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers");
+                return;
+            }
+        }
+        // The first event of a burst, then the rest of it, before reading
+        // the engine again.
+        let Some(Ok(first)) = events.next().await else { return };
+        note(&mut news, &first);
+        let settle = tokio::time::sleep(SETTLE);
+        tokio::pin!(settle);
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                e = events.next() => match e {
+                    Some(Ok(e)) => note(&mut news, &e),
+                    _ => return,
+                },
+            }
+        }
+    }
+}
+
+fn note(news: &mut HashMap<String, News>, e: &deploy::Event) {
+    tracing::debug!(action = %e.action, container = %e.id, "container event");
+    match e.news() {
+        // A start clears an earlier end, and the list says the rest.
+        Some(News::Running) => {
+            news.remove(&e.id);
+        }
+        Some(n) => {
+            news.insert(e.id.clone(), n);
+        }
+        None => {}
+    }
+}
+
+/// The owner name of a container's routes.
+fn owner(c: &Container) -> String {
+    format!("container:{}", c.name)
+}
+
+/// The routes ready containers ask for, by host and path; the first
+/// container (by name) wins a host and path two of them ask for.
+pub fn desired(containers: &[Container]) -> BTreeMap<(String, String), NewRoute> {
+    let mut sorted: Vec<&Container> = containers.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out: BTreeMap<(String, String), NewRoute> = BTreeMap::new();
+    for c in sorted {
+        let (routes, problems) = deploy::routes_of(&c.labels, &c.exposed);
+        for p in problems {
+            tracing::warn!(container = %c.name, problem = %p, "label route left out");
+        }
+        if routes.is_empty() || !c.is_ready() {
+            continue;
+        }
+        let Some(address) = c.address else {
+            tracing::warn!(container = %c.name, "no network address: its label routes wait for one");
+            continue;
+        };
+        for r in routes {
+            let policy = match r.policy.as_deref().map(serde_json::from_str::<Value>) {
+                None => Value::Null,
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    tracing::warn!(container = %c.name, error = %e, "routehub.policy is not JSON: route left out");
+                    continue;
+                }
+            };
+            let mut new = NewRoute {
+                host: r.host,
+                path: r.path,
+                priority: 0,
+                target: format!("http://{}", std::net::SocketAddr::new(address, r.port)),
+                policy,
+                middlewares: Vec::new(),
+                health: None,
+                enabled: true,
+                owner: Some(owner(c)),
+            };
+            if let Err(reason) = validate(&mut new) {
+                tracing::warn!(container = %c.name, source = %r.source, %reason, "label route left out");
+                continue;
+            }
+            let key = (new.host.clone(), new.path.clone());
+            if let Some(first) = out.get(&key) {
+                tracing::warn!(container = %c.name, route = %key.0, path = %key.1, taken_by = ?first.owner, "label route clashes with another container's");
+                continue;
+            }
+            out.insert(key, new);
+        }
+    }
+    out
+}
+
+/// Makes the store's label routes what `containers` ask for: adds,
+/// updates and removes owned routes only.
+pub async fn sync(store: &Store, containers: &[Container]) -> crate::Result<()> {
+    let mut wanted = desired(containers);
+    let mut owned: BTreeMap<(String, String), Route> = BTreeMap::new();
+    for r in store.list().await? {
+        let key = (r.host.clone(), r.path.clone());
+        if r.owner.as_deref().is_some_and(|o| o.starts_with("container:")) {
+            owned.insert(key, r);
+        } else if let Some(clash) = wanted.remove(&key) {
+            tracing::warn!(route = %r.name(), container = ?clash.owner, "a label route clashes with a route made through the API or config, which stays");
+        }
+    }
+    for (key, new) in wanted {
+        match owned.remove(&key) {
+            Some(have) if have.target == new.target && have.policy == new.policy && have.owner == new.owner => {}
+            Some(have) => {
+                let patch = RoutePatch {
+                    target: Some(new.target),
+                    policy: Some(new.policy),
+                    owner: new.owner,
+                    ..Default::default()
+                };
+                store.update(have.id, patch, ACTOR).await?;
+            }
+            None => {
+                store.add(new, ACTOR).await?;
+            }
+        }
+    }
+    for gone in owned.into_values() {
+        store.remove(gone.id, ACTOR).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,172 @@
+//! Routes from container labels, against the machine's real Docker Engine:
+//! containers started, killed and labelled the way users do it.
+
+use std::time::{Duration, Instant};
+
+use harness::docker::{self, Container};
+use harness::{TestNet, wait_until};
+use http::StatusCode;
+use relay::model::Route;
+use relay::{Relay, RelayConfig};
+
+/// What "within 1 s" is measured against: the container event to the
+/// route in the store.
+const WITHIN: Duration = Duration::from_secs(1);
+
+async fn net_and_relay() -> (TestNet, Relay) {
+    harness::init();
+    let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
+    let relay = Relay::start(RelayConfig {
+        label_routes: true,
+        docker_socket: docker::SOCKET.into(),
+        ..net.relay_config("a", Vec::new())
+    })
+    .await
+    .unwrap();
+    relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
+    (net, relay)
+}
+
+/// The routes of container `name`. (Every relay here follows the one
+/// engine, so each test looks at its own containers only.)
+async fn label_routes(relay: &Relay, name: &str) -> Vec<Route> {
+    let owner = format!("container:{name}");
+    let mut routes = relay.store().list().await.unwrap();
+    routes.retain(|r| r.owner.as_ref() == Some(&owner));
+    routes
+}
+
+/// Waits until the routes of container `name` satisfy `check`; how long
+/// it took.
+async fn until(relay: &Relay, name: &str, within: Duration, check: impl Fn(&[Route]) -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    wait_until(within, || async {
+        let routes = label_routes(relay, name).await;
+        check(&routes).then_some(())
+    })
+    .await
+    .map(|()| started.elapsed())
+}
+
+async fn body_of(net: &TestNet, host: &str, path: &str) -> Option<String> {
+    let reply = net.client().get(host, path).await.ok()?;
+    (reply.status == StatusCode::OK).then(|| String::from_utf8_lossy(&reply.body).trim().to_owned())
+}
+
+fn name(test: &str) -> String {
+    format!("routehub-labels-{test}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routehub_labels_follow_a_container_from_healthy_to_killed() {
+    let Some(engine) = docker::engine().await.unwrap() else {
+        return;
+    };
+    let (net, relay) = net_and_relay().await;
+
+    // With a healthcheck: no route until it passes.
+    let web: Container = engine
+        .web(
+            &name("web"),
+            "hello-web",
+            &[
+                "--label",
+                "routehub.host=web.label.test",
+                "--label",
+                "routehub.port=8080",
+                "--health-cmd",
+                "/bin/busybox wget -q -O- http://127.0.0.1:8080/",
+                "--health-interval",
+                "1s",
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(
+        label_routes(&relay, &web.name).await.is_empty(),
+        "no route before the container is healthy"
+    );
+    until(&relay, &web.name, Duration::from_secs(15), |r| r.len() == 1)
+        .await
+        .expect("a route once healthy");
+    let route = &label_routes(&relay, &web.name).await[0];
+    assert_eq!((route.host.as_str(), route.path.as_str()), ("web.label.test", "/"));
+    assert_eq!(route.owner.as_deref(), Some(format!("container:{}", web.name).as_str()));
+    assert!(route.target.ends_with(":8080"), "{}", route.target);
+    let served = wait_until(Duration::from_secs(5), || body_of(&net, "web.label.test", "/")).await;
+    assert_eq!(served.as_deref(), Some("hello-web"), "served through the gateway");
+
+    // Killed behind the relay's back: the route goes within 1 s, and the
+    // gateway stops routing to it.
+    web.kill().await.unwrap();
+    let gone = until(&relay, &web.name, Duration::from_secs(5), |r| r.is_empty()).await;
+    let gone = gone.expect("the route of a killed container goes");
+    assert!(gone < WITHIN, "removed {gone:?} after the kill");
+    // The host stays one the relay's key may serve: no relay serves it now.
+    let answer = wait_until(Duration::from_secs(5), || async {
+        let status = net.client().get("web.label.test", "/").await.ok()?.status;
+        (status != StatusCode::OK).then_some(status)
+    })
+    .await;
+    assert_eq!(answer, Some(StatusCode::BAD_GATEWAY));
+    eprintln!("route removed {gone:?} after docker kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
+    let Some(engine) = docker::engine().await.unwrap() else {
+        return;
+    };
+    let (net, relay) = net_and_relay().await;
+    // A route made through the API for a host and path a container asks for.
+    let manual: relay::model::NewRoute = serde_json::from_value(serde_json::json!({
+        "host": "taken.label.test", "target": "http://127.0.0.1:9"
+    }))
+    .unwrap();
+    relay.store().add(manual, "test").await.unwrap();
+
+    let started = Instant::now();
+    let app = engine
+        .web(
+            &name("traefik"),
+            "hello-traefik",
+            &[
+                "--label",
+                "traefik.http.routers.app.rule=Host(`tr.label.test`) && PathPrefix(`/api`)",
+                "--label",
+                "traefik.http.services.app.loadbalancer.server.port=8080",
+                "--label",
+                "routehub.host=taken.label.test",
+                "--label",
+                "routehub.port=8080",
+            ],
+        )
+        .await
+        .unwrap();
+    let run_took = started.elapsed();
+    let added = until(&relay, &app.name, Duration::from_secs(10), |r| !r.is_empty())
+        .await
+        .expect("a route from the Traefik labels");
+    assert!(added < WITHIN, "added {added:?} after `docker run` returned");
+    eprintln!("route added {added:?} after docker run returned (which took {run_took:?})");
+    let routes = label_routes(&relay, &app.name).await;
+    assert_eq!(routes.len(), 1, "the clashing label route is not added: {routes:?}");
+    assert_eq!(routes[0].host, "tr.label.test");
+    assert_eq!(routes[0].path, "/api");
+    let all = relay.store().list().await.unwrap();
+    let taken: Vec<&Route> = all.iter().filter(|r| r.host == "taken.label.test").collect();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].owner.as_ref(), taken[0].target.as_str()),
+        (None, "http://127.0.0.1:9")
+    );
+
+    let served = wait_until(Duration::from_secs(5), || body_of(&net, "tr.label.test", "/api/")).await;
+    assert_eq!(served.as_deref(), Some("hello-traefik"));
+    let outside = net.client().get("tr.label.test", "/").await.unwrap();
+    assert_eq!(
+        outside.status,
+        StatusCode::NOT_FOUND,
+        "only under the rule's path prefix"
+    );
+}

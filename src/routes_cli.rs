@@ -98,7 +98,8 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
             if args.json {
                 return print_json(&serde_json::to_value(&routes)?);
             }
-            let refusals = refusals(&api.status().await.unwrap_or_default());
+            let status = api.status().await.unwrap_or_default();
+            let refusals = refusals(&status);
             let rows: Vec<Vec<String>> = routes
                 .iter()
                 .map(|r| {
@@ -110,10 +111,12 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                         (true, None, Some(h)) => format!("{} ({})", h.status, h.detail),
                         (true, None, None) => "enabled".to_owned(),
                     };
-                    vec![r.id.to_string(), r.name(), r.target.clone(), state]
+                    let owner = r.owner.clone().unwrap_or_else(|| "-".into());
+                    vec![r.id.to_string(), r.name(), r.target.clone(), state, owner]
                 })
                 .collect();
-            print_table(&["ID", "ROUTE", "TARGET", "STATE"], &rows);
+            print_table(&["ID", "ROUTE", "TARGET", "STATE", "OWNER"], &rows);
+            print_left_out(&status["labels"]);
         }
         RoutesCommand::Add {
             host,
@@ -234,6 +237,26 @@ async fn resolve(api: &AdminClient, route: &str) -> Result<u64> {
     {
         Some(r) => Ok(r.id),
         None => bail!("no route {route}; see `routehub routes list`"),
+    }
+}
+
+/// Routes containers' labels asked for and did not get (`/api/status`).
+fn print_left_out(labels: &Value) {
+    let left_out = labels["left_out"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if left_out.is_empty() {
+        return;
+    }
+    println!("\nlabel routes left out:");
+    for l in left_out {
+        let (container, route, reason) = (
+            l["container"].as_str().unwrap_or("?"),
+            l["route"].as_str().unwrap_or(""),
+            l["reason"].as_str().unwrap_or("?"),
+        );
+        match route {
+            "" => println!("  container {container}: {reason}"),
+            route => println!("  container {container}, {route}: {reason}"),
+        }
     }
 }
 

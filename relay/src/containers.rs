@@ -16,6 +16,7 @@ use std::time::Duration;
 use deploy::{Container, Engine, News};
 use futures_util::StreamExt;
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::{NewRoute, Route, RoutePatch, validate};
@@ -29,19 +30,52 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Waits between attempts to reach an engine that is not there.
 const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
+/// What label sync is doing, for the admin API, CLI and dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelStatus {
+    /// `following (API 1.41)`, `no engine: …`, or `off`.
+    pub engine: String,
+    /// Routes containers asked for that are not in the store, and why.
+    pub left_out: Vec<LeftOut>,
+}
+
+/// A route a container's labels asked for that it did not get.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    pub container: String,
+    /// `host/path`, or empty where the labels did not say one.
+    pub route: String,
+    pub reason: String,
+}
+
+impl LabelStatus {
+    /// Label routes turned off in the config.
+    pub fn off() -> Self {
+        LabelStatus {
+            engine: "off".into(),
+            left_out: Vec::new(),
+        }
+    }
+}
+
 /// Keeps label routes in step with the engine at `socket` until
 /// `shutdown`. Never fails: an engine that is missing or goes away is
 /// retried, and the relay serves its other routes meanwhile.
-pub fn spawn(store: Store, socket: PathBuf, shutdown: CancellationToken) {
+pub fn spawn(store: Store, socket: PathBuf, shutdown: CancellationToken) -> watch::Receiver<LabelStatus> {
+    let (status, rx) = watch::channel(LabelStatus {
+        engine: "connecting".into(),
+        left_out: Vec::new(),
+    });
     tokio::spawn(async move {
         tokio::select! {
-            _ = run(&store, socket) => {}
+            _ = run(&store, socket, &status) => {}
             _ = shutdown.cancelled() => {}
         }
     });
+    rx
 }
 
-async fn run(store: &Store, socket: PathBuf) {
+async fn run(store: &Store, socket: PathBuf, status: &watch::Sender<LabelStatus>) {
     let mut wait = RETRY.0;
     let mut said_missing = false;
     loop {
@@ -50,14 +84,21 @@ async fn run(store: &Store, socket: PathBuf) {
                 tracing::info!(socket = %socket.display(), api = %engine.api_version(), "following containers for label routes");
                 said_missing = false;
                 wait = RETRY.0;
-                follow(store, &engine).await;
+                let following = format!("following {} (API {})", socket.display(), engine.api_version());
+                status.send_modify(|s| s.engine = following.clone());
+                follow(store, &engine, status).await;
                 tracing::warn!(socket = %socket.display(), "lost the Docker Engine; label routes stay until it is back");
+                status.send_modify(|s| {
+                    s.engine = format!("lost {}; label routes kept until it is back", socket.display())
+                });
             }
-            Err(e) if !said_missing => {
-                tracing::info!(error = %e, "label routes are off until a Docker Engine is there");
-                said_missing = true;
+            Err(e) => {
+                if !said_missing {
+                    tracing::info!(error = %e, "label routes wait for a Docker Engine");
+                    said_missing = true;
+                }
+                status.send_modify(|s| s.engine = format!("waiting: {e}"));
             }
-            Err(e) => tracing::debug!(error = %e, "no Docker Engine yet"),
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(RETRY.1);
@@ -66,7 +107,7 @@ async fn run(store: &Store, socket: PathBuf) {
 
 /// Syncs once, then again after every burst of container events, until
 /// the event stream ends.
-async fn follow(store: &Store, engine: &Engine) {
+async fn follow(store: &Store, engine: &Engine, status: &watch::Sender<LabelStatus>) {
     // Subscribed before the first read, so nothing between them is missed.
     let mut events = Box::pin(engine.container_events());
     // What events said that a list read just after may not show yet.
@@ -83,9 +124,21 @@ async fn follow(store: &Store, engine: &Engine) {
                     }
                     _ => true,
                 });
-                if let Err(e) = sync(store, &containers).await {
-                    tracing::warn!(error = %e, "label routes not synced");
-                }
+                match sync(store, &containers).await {
+                    Ok(left_out) => status.send_if_modified(|s| {
+                        // Said once each, not at every sync.
+                        for l in left_out.iter().filter(|l| !s.left_out.contains(l)) {
+                            tracing::warn!(container = %l.container, route = %l.route, reason = %l.reason, "label route left out");
+                        }
+                        let changed = s.left_out != left_out;
+                        s.left_out = left_out;
+                        changed
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "label routes not synced");
+                        false
+                    }
+                };
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list containers");
@@ -129,22 +182,39 @@ fn owner(c: &Container) -> String {
     format!("container:{}", c.name)
 }
 
-/// The routes ready containers ask for, by host and path; the first
-/// container (by name) wins a host and path two of them ask for.
-pub fn desired(containers: &[Container]) -> BTreeMap<(String, String), NewRoute> {
+fn route_name(host: &str, path: &str) -> String {
+    if path == "/" {
+        host.to_owned()
+    } else {
+        format!("{host}{path}")
+    }
+}
+
+/// The routes ready containers ask for, by host and path, and those left
+/// out; the first container (by name) wins a host and path two of them
+/// ask for.
+pub fn desired(containers: &[Container]) -> (BTreeMap<(String, String), NewRoute>, Vec<LeftOut>) {
     let mut sorted: Vec<&Container> = containers.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out: BTreeMap<(String, String), NewRoute> = BTreeMap::new();
+    let mut left_out = Vec::new();
     for c in sorted {
+        let mut leave = |route: String, reason: String| {
+            left_out.push(LeftOut {
+                container: c.name.clone(),
+                route,
+                reason,
+            })
+        };
         let (routes, problems) = deploy::routes_of(&c.labels, &c.exposed);
         for p in problems {
-            tracing::warn!(container = %c.name, problem = %p, "label route left out");
+            leave(String::new(), p);
         }
         if routes.is_empty() || !c.is_ready() {
             continue;
         }
         let Some(address) = c.address else {
-            tracing::warn!(container = %c.name, "no network address: its label routes wait for one");
+            leave(String::new(), "no network address".into());
             continue;
         };
         for r in routes {
@@ -152,7 +222,10 @@ pub fn desired(containers: &[Container]) -> BTreeMap<(String, String), NewRoute>
                 None => Value::Null,
                 Some(Ok(p)) => p,
                 Some(Err(e)) => {
-                    tracing::warn!(container = %c.name, error = %e, "routehub.policy is not JSON: route left out");
+                    leave(
+                        route_name(&r.host, &r.path),
+                        format!("routehub.policy is not JSON: {e}"),
+                    );
                     continue;
                 }
             };
@@ -168,31 +241,44 @@ pub fn desired(containers: &[Container]) -> BTreeMap<(String, String), NewRoute>
                 owner: Some(owner(c)),
             };
             if let Err(reason) = validate(&mut new) {
-                tracing::warn!(container = %c.name, source = %r.source, %reason, "label route left out");
+                leave(route_name(&new.host, &new.path), format!("{}: {reason}", r.source));
                 continue;
             }
             let key = (new.host.clone(), new.path.clone());
             if let Some(first) = out.get(&key) {
-                tracing::warn!(container = %c.name, route = %key.0, path = %key.1, taken_by = ?first.owner, "label route clashes with another container's");
+                let by = first
+                    .owner
+                    .as_deref()
+                    .unwrap_or_default()
+                    .trim_start_matches("container:");
+                leave(route_name(&key.0, &key.1), format!("taken by container {by}"));
                 continue;
             }
             out.insert(key, new);
         }
     }
-    out
+    (out, left_out)
 }
 
 /// Makes the store's label routes what `containers` ask for: adds,
-/// updates and removes owned routes only.
-pub async fn sync(store: &Store, containers: &[Container]) -> crate::Result<()> {
-    let mut wanted = desired(containers);
+/// updates and removes owned routes only. Returns what was left out.
+pub async fn sync(store: &Store, containers: &[Container]) -> crate::Result<Vec<LeftOut>> {
+    let (mut wanted, mut left_out) = desired(containers);
     let mut owned: BTreeMap<(String, String), Route> = BTreeMap::new();
     for r in store.list().await? {
         let key = (r.host.clone(), r.path.clone());
         if r.owner.as_deref().is_some_and(|o| o.starts_with("container:")) {
             owned.insert(key, r);
         } else if let Some(clash) = wanted.remove(&key) {
-            tracing::warn!(route = %r.name(), container = ?clash.owner, "a label route clashes with a route made through the API or config, which stays");
+            left_out.push(LeftOut {
+                container: clash
+                    .owner
+                    .unwrap_or_default()
+                    .trim_start_matches("container:")
+                    .to_owned(),
+                route: r.name(),
+                reason: format!("route {} made through the API or config has it", r.id),
+            });
         }
     }
     for (key, new) in wanted {
@@ -215,5 +301,5 @@ pub async fn sync(store: &Store, containers: &[Container]) -> crate::Result<()> 
     for gone in owned.into_values() {
         store.remove(gone.id, ACTOR).await?;
     }
-    Ok(())
+    Ok(left_out)
 }

@@ -45,6 +45,7 @@ use store::Store;
 pub struct Relay {
     shared: Arc<Shared>,
     status: watch::Receiver<Status>,
+    labels: watch::Receiver<containers::LabelStatus>,
     store: Store,
     admin_addr: Option<std::net::SocketAddr>,
 }
@@ -143,9 +144,11 @@ impl Relay {
         let (status_tx, status) = watch::channel(Status::new());
         let shutdown = CancellationToken::new();
         let unhealthy = health::spawn(store.clone(), store.routes(), shutdown.clone()).await;
-        if config.label_routes {
-            containers::spawn(store.clone(), config.docker_socket.clone(), shutdown.clone());
-        }
+        let labels = if config.label_routes {
+            containers::spawn(store.clone(), config.docker_socket.clone(), shutdown.clone())
+        } else {
+            watch::channel(containers::LabelStatus::off()).1
+        };
         let shared = Arc::new(Shared {
             key,
             instance: random_u64(),
@@ -166,6 +169,7 @@ impl Relay {
                     store: store.clone(),
                     token,
                     status: status.clone(),
+                    labels: labels.clone(),
                     shutdown: shared.shutdown.clone(),
                     feeds: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EVENT_CLIENTS)),
                 });
@@ -182,6 +186,7 @@ impl Relay {
         Ok(Relay {
             shared,
             status,
+            labels,
             store,
             admin_addr,
         })
@@ -199,6 +204,11 @@ impl Relay {
 
     pub fn public_key(&self) -> PublicKey {
         self.shared.key.public_key()
+    }
+
+    /// What label sync is doing and what it left out.
+    pub fn labels(&self) -> watch::Receiver<containers::LabelStatus> {
+        self.labels.clone()
     }
 
     /// Live sessions, updated on every change.

@@ -103,3 +103,59 @@ impl Drop for Container {
             .status();
     }
 }
+
+/// A unix socket in front of the engine's that a test can cut and
+/// restore: the engine going away and coming back, as a daemon restart
+/// looks to a client, without restarting the machine's daemon.
+pub struct SocketProxy {
+    pub path: std::path::PathBuf,
+    serving: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl SocketProxy {
+    /// Listening at once, forwarding to [`SOCKET`].
+    pub fn start() -> Result<SocketProxy> {
+        let dir = tempfile::tempdir()?;
+        let mut proxy = SocketProxy {
+            path: dir.path().join("docker.sock"),
+            serving: None,
+            _dir: dir,
+        };
+        proxy.restore()?;
+        Ok(proxy)
+    }
+
+    /// Closes every connection through it and stops listening (the socket
+    /// file goes, as a stopped daemon's does).
+    pub fn cut(&mut self) {
+        if let Some(serving) = self.serving.take() {
+            serving.abort();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Listens again.
+    pub fn restore(&mut self) -> Result<()> {
+        self.cut();
+        let listener = tokio::net::UnixListener::bind(&self.path)?;
+        self.serving = Some(tokio::spawn(async move {
+            // Connections end with this task: aborting it drops them all.
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(SOCKET).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut engine).await;
+                    }
+                });
+            }
+        }));
+        Ok(())
+    }
+}
+
+impl Drop for SocketProxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}

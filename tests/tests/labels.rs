@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use harness::browser::Browser;
 use harness::docker::{self, Container};
 use harness::{TestNet, wait_until};
 use http::StatusCode;
@@ -161,6 +162,14 @@ async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
         (None, "http://127.0.0.1:9")
     );
 
+    // The clash is told, not only logged.
+    let labels = relay.labels().borrow().clone();
+    let clash = labels.left_out.iter().find(|l| l.container == app.name);
+    assert!(
+        clash.is_some_and(|l| l.route == "taken.label.test" && l.reason.contains("made through the API")),
+        "{labels:?}"
+    );
+    assert!(labels.engine.starts_with("following"), "{}", labels.engine);
     let served = wait_until(Duration::from_secs(5), || body_of(&net, "tr.label.test", "/api/")).await;
     assert_eq!(served.as_deref(), Some("hello-traefik"));
     let outside = net.client().get("tr.label.test", "/").await.unwrap();
@@ -169,4 +178,93 @@ async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
         StatusCode::NOT_FOUND,
         "only under the rule's path prefix"
     );
+
+    // The dashboard shows whose route it is and what was left out.
+    let Some(browser) = Browser::launch().await.unwrap() else {
+        return;
+    };
+    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
+    let mut page = browser.page().await.unwrap();
+    let url = format!("http://{}/#token={}", relay.admin_addr().unwrap(), token.secret());
+    page.navigate(&url).await.unwrap();
+    let row = page
+        .wait_for(
+            "[...document.querySelectorAll('#routes tbody tr')].map(r => r.innerText).find(t => t.includes('tr.label.test'))",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.as_str().unwrap().contains(&format!("container:{}", app.name)),
+        "{row}"
+    );
+    let left_out = page
+        .wait_for(
+            "document.querySelector('#left-out').innerText || null",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let left_out = left_out.as_str().unwrap();
+    assert!(
+        left_out.contains("taken.label.test") && left_out.contains(&app.name),
+        "{left_out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_goes_away_and_comes_back_is_read_anew() {
+    let Some(engine) = docker::engine().await.unwrap() else {
+        return;
+    };
+    harness::init();
+    let mut proxy = docker::SocketProxy::start().unwrap();
+    let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
+    let relay = Relay::start(RelayConfig {
+        label_routes: true,
+        docker_socket: proxy.path.clone(),
+        ..net.relay_config("a", Vec::new())
+    })
+    .await
+    .unwrap();
+    relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
+    let labelled = |host: &'static str| ["--label", host, "--label", "routehub.port=8080"];
+    let old = engine
+        .web(&name("old"), "old", &labelled("routehub.host=old.label.test"))
+        .await
+        .unwrap();
+    until(&relay, &old.name, Duration::from_secs(10), |r| r.len() == 1)
+        .await
+        .expect("a route while the engine is there");
+
+    // The engine goes away; meanwhile one container dies and another starts.
+    proxy.cut();
+    let labels = relay.labels();
+    let lost = wait_until(Duration::from_secs(5), || {
+        let engine = labels.borrow().engine.clone();
+        async move { (!engine.starts_with("following")).then_some(engine) }
+    })
+    .await;
+    assert!(lost.is_some(), "the relay noticed the engine is gone");
+    old.kill().await.unwrap();
+    let new = engine
+        .web(&name("new"), "new", &labelled("routehub.host=new.label.test"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        label_routes(&relay, &old.name).await.len(),
+        1,
+        "routes are kept while the engine is away"
+    );
+
+    // Back: what happened meanwhile is read anew.
+    proxy.restore().unwrap();
+    until(&relay, &old.name, Duration::from_secs(15), |r| r.is_empty())
+        .await
+        .expect("the route of the container that died meanwhile goes");
+    until(&relay, &new.name, Duration::from_secs(5), |r| r.len() == 1)
+        .await
+        .expect("the container that started meanwhile gets its route");
+    assert!(relay.labels().borrow().engine.starts_with("following"));
 }

@@ -78,6 +78,15 @@ fn status_json(status: &Status) -> serde_json::Value {
     serde_json::Value::Object(gateways)
 }
 
+fn labels_json(labels: &crate::containers::LabelStatus) -> serde_json::Value {
+    let left_out: Vec<serde_json::Value> = labels
+        .left_out
+        .iter()
+        .map(|l| json!({ "container": l.container, "route": l.route, "reason": l.reason }))
+        .collect();
+    json!({ "engine": labels.engine, "left_out": left_out })
+}
+
 /// After a write at `version`: with `?wait=1`, waits until every connected
 /// gateway acknowledged it (bounded). Returns (acknowledged, connected).
 async fn wait_for_gateways(admin: &Admin, req_wants: bool, version: u64) -> (usize, usize) {
@@ -205,9 +214,10 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
                 Err(e) => return store_error(&e),
             };
             let gateways = status_json(&admin.status.borrow());
+            let labels = labels_json(&admin.labels.borrow());
             ok_json(
                 StatusCode::OK,
-                json!({ "version": version, "checksum": checksum, "gateways": gateways }),
+                json!({ "version": version, "checksum": checksum, "gateways": gateways, "labels": labels }),
             )
         }
         (Endpoint::Events, Method::GET, _) => events(admin),

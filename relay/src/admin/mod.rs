@@ -41,6 +41,8 @@ pub(crate) struct Admin {
     pub store: Store,
     pub token: AdminToken,
     pub status: watch::Receiver<Status>,
+    /// What label sync is doing and what it left out.
+    pub labels: watch::Receiver<crate::containers::LabelStatus>,
     pub shutdown: CancellationToken,
     pub feeds: Arc<Semaphore>,
 }
@@ -155,6 +157,7 @@ mod tests {
             store: store.clone(),
             token: token.clone(),
             status,
+            labels: watch::channel(crate::containers::LabelStatus::off()).1,
             shutdown: CancellationToken::new(),
             feeds: Arc::new(Semaphore::new(MAX_EVENT_CLIENTS)),
         });

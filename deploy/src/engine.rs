@@ -162,6 +162,10 @@ impl Engine {
         })
     }
 
+    pub(crate) fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }

@@ -1,0 +1,207 @@
+//! The health of a compose project's services, the way a deploy needs it:
+//! a one-shot service that exited 0 is *completed*, not failed; one that
+//! keeps restarting is a *crash loop*; a service with a healthcheck is
+//! ready only once it passes.
+
+use std::time::Duration;
+
+use bollard::models::{ContainerStateStatusEnum, HealthStatusEnum};
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use futures_util::StreamExt;
+
+use crate::engine::Engine;
+use crate::error::Result;
+
+/// Restarts after which a service that is not healthy is a crash loop.
+pub const CRASH_LOOP_RESTARTS: i64 = 3;
+
+/// Where one service's container stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceHealth {
+    /// Created, or its healthcheck has not passed yet.
+    Starting,
+    /// Running, with no healthcheck.
+    Running,
+    Healthy,
+    /// Exited 0: a one-shot service that did its job.
+    Completed,
+    Unhealthy,
+    /// Exited with this code.
+    Failed(i64),
+    CrashLoop,
+}
+
+impl ServiceHealth {
+    pub fn is_ready(self) -> bool {
+        matches!(
+            self,
+            ServiceHealth::Running | ServiceHealth::Healthy | ServiceHealth::Completed
+        )
+    }
+
+    pub fn is_failed(self) -> bool {
+        matches!(
+            self,
+            ServiceHealth::Unhealthy | ServiceHealth::Failed(_) | ServiceHealth::CrashLoop
+        )
+    }
+
+    /// Classifies a container from what the engine says of it.
+    pub fn of(
+        state: Option<ContainerStateStatusEnum>,
+        health: Option<HealthStatusEnum>,
+        exit: i64,
+        restarts: i64,
+    ) -> Self {
+        use ContainerStateStatusEnum as S;
+        use HealthStatusEnum as H;
+        if restarts >= CRASH_LOOP_RESTARTS && health != Some(H::HEALTHY) {
+            return ServiceHealth::CrashLoop;
+        }
+        match state {
+            Some(S::RUNNING) => match health {
+                Some(H::HEALTHY) => ServiceHealth::Healthy,
+                Some(H::UNHEALTHY) => ServiceHealth::Unhealthy,
+                Some(H::STARTING) => ServiceHealth::Starting,
+                _ => ServiceHealth::Running,
+            },
+            Some(S::EXITED) if exit == 0 => ServiceHealth::Completed,
+            Some(S::EXITED | S::DEAD) => ServiceHealth::Failed(exit),
+            Some(S::RESTARTING) => ServiceHealth::CrashLoop,
+            _ => ServiceHealth::Starting,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServiceHealth::Starting => f.write_str("starting"),
+            ServiceHealth::Running => f.write_str("running"),
+            ServiceHealth::Healthy => f.write_str("healthy"),
+            ServiceHealth::Completed => f.write_str("completed"),
+            ServiceHealth::Unhealthy => f.write_str("unhealthy"),
+            ServiceHealth::Failed(code) => write!(f, "failed (exit {code})"),
+            ServiceHealth::CrashLoop => f.write_str("crash loop"),
+        }
+    }
+}
+
+/// One container of a project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceState {
+    /// The compose service it belongs to.
+    pub service: String,
+    /// The container's name.
+    pub container: String,
+    pub health: ServiceHealth,
+    pub restarts: i64,
+}
+
+/// How a wait for a project ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    /// Every service ready.
+    Ready(Vec<ServiceState>),
+    /// A service failed (unhealthy, exited non-zero, crash loop).
+    Failed(Vec<ServiceState>),
+    /// Still starting when the time was up.
+    TimedOut(Vec<ServiceState>),
+}
+
+impl Engine {
+    /// The containers of compose project `project`, running or not.
+    pub async fn project(&self, project: &str) -> Result<Vec<ServiceState>> {
+        let filters = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!("com.docker.compose.project={project}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut states = Vec::new();
+        for c in self.docker().list_containers(Some(options)).await? {
+            let Some(id) = c.id else { continue };
+            let inspect = self
+                .docker()
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await?;
+            let state = inspect.state.unwrap_or_default();
+            let service = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("com.docker.compose.service").cloned())
+                .unwrap_or_default();
+            states.push(ServiceState {
+                service,
+                container: inspect.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+                health: ServiceHealth::of(
+                    state.status,
+                    state.health.and_then(|h| h.status),
+                    state.exit_code.unwrap_or(0),
+                    inspect.restart_count.unwrap_or(0),
+                ),
+                restarts: inspect.restart_count.unwrap_or(0),
+            });
+        }
+        states.sort_by(|a, b| a.service.cmp(&b.service).then(a.container.cmp(&b.container)));
+        Ok(states)
+    }
+
+    /// Waits until every service of `project` is ready, one fails, or
+    /// `within` is up; looks again at each of the project's events (and
+    /// at least every half second, for changes no event announces).
+    pub async fn wait_ready(&self, project: &str, within: Duration) -> Result<Readiness> {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut events = Box::pin(self.container_events());
+        loop {
+            let states = self.project(project).await?;
+            if states.iter().any(|s| s.health.is_failed()) {
+                return Ok(Readiness::Failed(states));
+            }
+            if !states.is_empty() && states.iter().all(|s| s.health.is_ready()) {
+                return Ok(Readiness::Ready(states));
+            }
+            let next = (tokio::time::Instant::now() + Duration::from_millis(500)).min(deadline);
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Readiness::TimedOut(states));
+            }
+            let _ = tokio::time::timeout_at(next, events.next()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContainerStateStatusEnum as S;
+    use HealthStatusEnum as H;
+
+    #[test]
+    fn a_clean_exit_is_completed_and_restarts_are_a_crash_loop() {
+        assert_eq!(ServiceHealth::of(Some(S::EXITED), None, 0, 0), ServiceHealth::Completed);
+        assert_eq!(ServiceHealth::of(Some(S::EXITED), None, 2, 0), ServiceHealth::Failed(2));
+        assert_eq!(ServiceHealth::of(Some(S::RUNNING), None, 0, 0), ServiceHealth::Running);
+        assert_eq!(
+            ServiceHealth::of(Some(S::RUNNING), Some(H::STARTING), 0, 0),
+            ServiceHealth::Starting
+        );
+        assert_eq!(
+            ServiceHealth::of(Some(S::RUNNING), Some(H::HEALTHY), 0, 5),
+            ServiceHealth::Healthy
+        );
+        assert_eq!(
+            ServiceHealth::of(Some(S::RUNNING), None, 0, 3),
+            ServiceHealth::CrashLoop
+        );
+        assert_eq!(
+            ServiceHealth::of(Some(S::RESTARTING), None, 1, 1),
+            ServiceHealth::CrashLoop
+        );
+        assert_eq!(ServiceHealth::of(Some(S::CREATED), None, 0, 0), ServiceHealth::Starting);
+        assert!(ServiceHealth::Completed.is_ready() && !ServiceHealth::Completed.is_failed());
+        assert!(ServiceHealth::CrashLoop.is_failed());
+    }
+}

@@ -20,6 +20,7 @@ pub mod identity;
 mod input;
 pub mod jws;
 pub mod keys;
+pub mod labels;
 pub mod names;
 pub mod paths;
 pub mod routes;
@@ -30,6 +31,7 @@ pub use handshake::handshake;
 pub use identity::identity;
 pub use jws::jws;
 pub use keys::{authorized_keys, user_key};
+pub use labels::labels;
 pub use names::host_pattern;
 pub use paths::request_path;
 pub use routes::{route_spec, route_sync};
@@ -92,6 +94,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "relay_route",
         run: relay_route,
+    },
+    Target {
+        name: "labels",
+        run: labels,
     },
 ];
 

@@ -16,6 +16,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use crate::error::Error;
+
 /// Largest compose file accepted.
 pub const MAX_COMPOSE_FILE: usize = 1024 * 1024;
 /// Output kept per run: its last bytes.
@@ -25,28 +27,11 @@ pub const MAX_NAME: usize = 40;
 /// How long a quick command (`version`, `config`, `ps`) may take.
 const QUICK: Duration = Duration::from_secs(30);
 
-/// Why a compose command failed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ComposeError {
-    #[error("deployments are off: {0}")]
-    Unavailable(String),
-    #[error("invalid name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
-    #[error("the compose file is {0} bytes; the limit is {MAX_COMPOSE_FILE}")]
-    TooLarge(usize),
-    #[error("`{command}` failed: {output}")]
-    Failed { command: String, output: String },
-    #[error("`{command}` did not finish within {after:?}")]
-    TimedOut { command: String, after: Duration },
-    #[error("could not run `{command}`: {reason}")]
-    Spawn { command: String, reason: String },
-}
-
 /// Checks a compose name a user gives: `[a-z0-9][a-z0-9_-]*`, at most
 /// [`MAX_NAME`] characters (compose's own project-name rule, shorter, so
 /// that the generation suffix always fits).
-pub fn check_name(name: &str) -> Result<(), ComposeError> {
-    let invalid = |reason| ComposeError::InvalidName {
+pub fn check_name(name: &str) -> Result<(), Error> {
+    let invalid = |reason| Error::InvalidName {
         name: name.chars().take(MAX_NAME + 8).collect(),
         reason,
     };
@@ -68,7 +53,7 @@ pub fn check_name(name: &str) -> Result<(), ComposeError> {
 
 /// The compose project of one generation of a deployment: an old and a
 /// new generation run side by side as projects of their own.
-pub fn project(name: &str, generation: u64) -> Result<String, ComposeError> {
+pub fn project(name: &str, generation: u64) -> Result<String, Error> {
     check_name(name)?;
     Ok(format!("routehub_{name}_{generation}"))
 }
@@ -92,7 +77,7 @@ pub struct ComposeCli {
 
 impl ComposeCli {
     /// `docker compose` if the v2 plugin answers, else `docker-compose`.
-    pub async fn detect() -> Result<ComposeCli, ComposeError> {
+    pub async fn detect() -> Result<ComposeCli, Error> {
         let mut tried = Vec::new();
         for program in [vec!["docker", "compose"], vec!["docker-compose"]] {
             let program: Vec<String> = program.into_iter().map(str::to_owned).collect();
@@ -109,7 +94,7 @@ impl ComposeCli {
                 Err(e) => tried.push(e.to_string()),
             }
         }
-        Err(ComposeError::Unavailable(format!(
+        Err(Error::ComposeUnavailable(format!(
             "no compose CLI (tried {})",
             tried.join("; ")
         )))
@@ -122,7 +107,7 @@ impl ComposeCli {
 
     /// The configuration compose resolves `yaml` to (its `config`), or
     /// compose's error (which names the line and column of bad YAML).
-    pub async fn config(&self, project: &str, yaml: &str, env: Option<&Path>) -> Result<String, ComposeError> {
+    pub async fn config(&self, project: &str, yaml: &str, env: Option<&Path>) -> Result<String, Error> {
         let file = ComposeFile::write(yaml)?;
         let out = self.run_file(project, &file, env, &["config"], QUICK).await?;
         if out.ok {
@@ -134,13 +119,7 @@ impl ComposeCli {
 
     /// `up -d --remove-orphans` within `timeout`: the project's containers
     /// created or recreated and started. Pulls what is missing.
-    pub async fn up(
-        &self,
-        project: &str,
-        yaml: &str,
-        env: Option<&Path>,
-        timeout: Duration,
-    ) -> Result<Output, ComposeError> {
+    pub async fn up(&self, project: &str, yaml: &str, env: Option<&Path>, timeout: Duration) -> Result<Output, Error> {
         let file = ComposeFile::write(yaml)?;
         self.run_file(project, &file, env, &["up", "-d", "--remove-orphans"], timeout)
             .await
@@ -149,7 +128,7 @@ impl ComposeCli {
     /// `down --remove-orphans`: the project's containers and networks go.
     /// Takes the project's compose file: v1 reads it even to take a
     /// project down.
-    pub async fn down(&self, project: &str, yaml: &str, timeout: Duration) -> Result<Output, ComposeError> {
+    pub async fn down(&self, project: &str, yaml: &str, timeout: Duration) -> Result<Output, Error> {
         let file = ComposeFile::write(yaml)?;
         self.run_file(project, &file, None, &["down", "--remove-orphans"], timeout)
             .await
@@ -162,7 +141,7 @@ impl ComposeCli {
         env: Option<&Path>,
         args: &[&str],
         timeout: Duration,
-    ) -> Result<Output, ComposeError> {
+    ) -> Result<Output, Error> {
         let path = file.path.to_string_lossy();
         let mut all = vec!["-p", project, "-f", &path];
         let env = env.map(|e| e.to_string_lossy().into_owned());
@@ -173,17 +152,17 @@ impl ComposeCli {
         self.run(&all, Some(&file.dir), timeout).await
     }
 
-    fn failed(&self, what: &str, out: Output) -> ComposeError {
-        ComposeError::Failed {
+    fn failed(&self, what: &str, out: Output) -> Error {
+        Error::Failed {
             command: format!("{} {what}", self.command()),
             output: out.text.trim().to_owned(),
         }
     }
 
     /// Runs the CLI with `args` in `dir`, killed after `timeout`.
-    async fn run(&self, args: &[&str], dir: Option<&Path>, timeout: Duration) -> Result<Output, ComposeError> {
+    async fn run(&self, args: &[&str], dir: Option<&Path>, timeout: Duration) -> Result<Output, Error> {
         let command = format!("{} {}", self.command(), args.join(" "));
-        let (program, pre) = self.program.split_first().ok_or_else(|| ComposeError::Spawn {
+        let (program, pre) = self.program.split_first().ok_or_else(|| Error::Spawn {
             command: command.clone(),
             reason: "no program".into(),
         })?;
@@ -200,7 +179,7 @@ impl ComposeCli {
         if let Some(dir) = dir {
             cmd.current_dir(dir);
         }
-        let mut child = cmd.spawn().map_err(|e| ComposeError::Spawn {
+        let mut child = cmd.spawn().map_err(|e| Error::Spawn {
             command: command.clone(),
             reason: e.to_string(),
         })?;
@@ -211,14 +190,11 @@ impl ComposeCli {
             let status = child.wait().await;
             (o.and(e), status, out, err)
         };
-        let (read, status, mut out, err) =
-            tokio::time::timeout(timeout, read)
-                .await
-                .map_err(|_| ComposeError::TimedOut {
-                    command: command.clone(),
-                    after: timeout,
-                })?;
-        let status = status.and_then(|s| read.map(|()| s)).map_err(|e| ComposeError::Spawn {
+        let (read, status, mut out, err) = tokio::time::timeout(timeout, read).await.map_err(|_| Error::TimedOut {
+            command: command.clone(),
+            after: timeout,
+        })?;
+        let status = status.and_then(|s| read.map(|()| s)).map_err(|e| Error::Spawn {
             command: command.clone(),
             reason: e.to_string(),
         })?;
@@ -256,11 +232,11 @@ struct ComposeFile {
 }
 
 impl ComposeFile {
-    fn write(yaml: &str) -> Result<ComposeFile, ComposeError> {
+    fn write(yaml: &str) -> Result<ComposeFile, Error> {
         if yaml.len() > MAX_COMPOSE_FILE {
-            return Err(ComposeError::TooLarge(yaml.len()));
+            return Err(Error::TooLarge(yaml.len()));
         }
-        let spawn = |e: std::io::Error| ComposeError::Spawn {
+        let spawn = |e: std::io::Error| Error::Spawn {
             command: "writing the compose file".into(),
             reason: e.to_string(),
         };
@@ -290,7 +266,7 @@ mod tests {
     #[test]
     fn names_are_checked() {
         for ok in ["web", "a", "0-app_1", &"a".repeat(MAX_NAME)] {
-            assert_eq!(check_name(ok), Ok(()), "{ok}");
+            assert!(check_name(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("", "empty"),
@@ -310,7 +286,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_over_the_limit_is_refused_before_anything_runs() {
         let big = "x".repeat(MAX_COMPOSE_FILE + 1);
-        assert!(matches!(ComposeFile::write(&big), Err(ComposeError::TooLarge(_))));
+        assert!(matches!(ComposeFile::write(&big), Err(Error::TooLarge(_))));
     }
 
     #[tokio::test]

@@ -260,6 +260,23 @@ impl TestNet {
         }
     }
 
+    /// Starts a relay that follows the Docker Engine at `socket` for label
+    /// routes, and waits for it to connect.
+    pub async fn start_label_relay(&self, key: &str, socket: &std::path::Path) -> Result<Relay> {
+        let relay = Relay::start(RelayConfig {
+            label_routes: true,
+            docker_socket: socket.to_owned(),
+            ..self.relay_config(key, Vec::new())
+        })
+        .await
+        .context("starting relay")?;
+        relay
+            .wait_ready(1, Duration::from_secs(10))
+            .await
+            .map_err(|s| anyhow::anyhow!("relay not ready: {s:?}"))?;
+        Ok(relay)
+    }
+
     /// Starts a relay; does not wait for it to connect.
     pub async fn start_relay(&self, key: &str, routes: Vec<RouteConfig>) -> Result<Relay> {
         Relay::start(self.relay_config(key, routes))

@@ -5,11 +5,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use deploy::compose::{ComposeCli, ComposeError, project};
+use deploy::Error;
+use deploy::compose::{ComposeCli, project};
 use deploy::{Engine, Readiness, ServiceHealth};
 use harness::docker::{self, IMAGE};
 use harness::{TestNet, wait_until};
-use relay::{Relay, RelayConfig};
 
 /// Removes a project's containers and network however the test ends.
 struct Project(String);
@@ -99,14 +99,7 @@ services:
 
     // Its label makes the route; the gateway reaches it.
     let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
-    let relay = Relay::start(RelayConfig {
-        label_routes: true,
-        docker_socket: docker::SOCKET.into(),
-        ..net.relay_config("a", Vec::new())
-    })
-    .await
-    .unwrap();
-    relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
+    let _relay = net.start_label_relay("a", docker::SOCKET.as_ref()).await.unwrap();
     let body = wait_until(Duration::from_secs(10), || async {
         let reply = net.client().get("compose.label.test", "/").await.ok()?;
         (reply.status == http::StatusCode::OK).then(|| String::from_utf8_lossy(&reply.body).trim().to_owned())
@@ -161,14 +154,11 @@ async fn bad_compose_files_get_clear_errors_and_run_nothing() {
     let p = unique("yaml");
     let broken = "services:\n  web:\n    image: [unclosed\n";
     match cli.config(&p.0, broken, None).await {
-        Err(ComposeError::Failed { output, .. }) => assert!(output.contains("line"), "{output}"),
+        Err(Error::Failed { output, .. }) => assert!(output.contains("line"), "{output}"),
         other => panic!("{other:?}"),
     }
     let big = format!("# {}\nservices: {{}}\n", "x".repeat(deploy::compose::MAX_COMPOSE_FILE));
-    assert!(matches!(
-        cli.config(&p.0, &big, None).await,
-        Err(ComposeError::TooLarge(_))
-    ));
-    assert!(matches!(project("Bad Name", 1), Err(ComposeError::InvalidName { .. })));
+    assert!(matches!(cli.config(&p.0, &big, None).await, Err(Error::TooLarge(_))));
+    assert!(matches!(project("Bad Name", 1), Err(Error::InvalidName { .. })));
     assert!(engine.project(&p.0).await.unwrap().is_empty());
 }

@@ -7,8 +7,8 @@ use harness::browser::Browser;
 use harness::docker::{self, Container};
 use harness::{TestNet, wait_until};
 use http::StatusCode;
+use relay::Relay;
 use relay::model::Route;
-use relay::{Relay, RelayConfig};
 
 /// What "within 1 s" is measured against: the container event to the
 /// route in the store.
@@ -17,14 +17,7 @@ const WITHIN: Duration = Duration::from_secs(1);
 async fn net_and_relay() -> (TestNet, Relay) {
     harness::init();
     let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
-    let relay = Relay::start(RelayConfig {
-        label_routes: true,
-        docker_socket: docker::SOCKET.into(),
-        ..net.relay_config("a", Vec::new())
-    })
-    .await
-    .unwrap();
-    relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
+    let relay = net.start_label_relay("a", docker::SOCKET.as_ref()).await.unwrap();
     (net, relay)
 }
 
@@ -220,14 +213,7 @@ async fn an_engine_that_goes_away_and_comes_back_is_read_anew() {
     harness::init();
     let mut proxy = docker::SocketProxy::start().unwrap();
     let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
-    let relay = Relay::start(RelayConfig {
-        label_routes: true,
-        docker_socket: proxy.path.clone(),
-        ..net.relay_config("a", Vec::new())
-    })
-    .await
-    .unwrap();
-    relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
+    let relay = net.start_label_relay("a", &proxy.path).await.unwrap();
     let labelled = |host: &'static str| ["--label", host, "--label", "routehub.port=8080"];
     let old = engine
         .web(&name("old"), "old", &labelled("routehub.host=old.label.test"))

@@ -8,8 +8,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use bollard::Docker;
-use bollard::models::{ContainerSummary, ContainerSummaryStateEnum};
-use bollard::query_parameters::{EventsOptions, ListContainersOptions};
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, HealthStatusEnum};
+use bollard::query_parameters::{EventsOptions, InspectContainerOptions, ListContainersOptions};
 use futures_util::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
@@ -42,9 +42,20 @@ pub struct Container {
     /// Exposed TCP ports, published or not.
     pub exposed: Vec<u16>,
     pub health: Health,
+    /// When it was created, as a string that sorts in time order (UTC,
+    /// nanoseconds): of two ready containers asking for one route, the
+    /// newer one gets it.
+    pub created: String,
 }
 
 impl Container {
+    /// Whether its labels ask for routes.
+    pub fn asks_for_routes(&self) -> bool {
+        self.labels
+            .keys()
+            .any(|k| k.starts_with("routehub.") || k.starts_with("traefik."))
+    }
+
     /// Whether it may get traffic: no healthcheck, or a passing one.
     pub fn is_ready(&self) -> bool {
         matches!(self.health, Health::None | Health::Healthy)
@@ -83,8 +94,21 @@ impl Container {
             address,
             exposed,
             health: health_of(s.status.as_deref().unwrap_or("")),
+            // Seconds only; containers that ask for routes get nanoseconds
+            // from `running`.
+            created: format!("{:020}", s.created.unwrap_or(0)),
         })
     }
+}
+
+/// An RFC 3339 UTC time (`2026-12-07T22:13:05.1234Z`, trailing zeros of
+/// the fraction dropped, as the engine writes it) as a string that sorts in
+/// time order: the fraction padded to nine digits.
+fn sortable_time(t: &str) -> String {
+    let t = t.trim_end_matches('Z');
+    let (whole, fraction) = t.split_once('.').unwrap_or((t, ""));
+    let fraction: String = fraction.chars().take_while(char::is_ascii_digit).take(9).collect();
+    format!("{whole}.{fraction:0<9}")
 }
 
 /// Health from the status line (`Up 3 minutes (healthy)`): the one place
@@ -175,14 +199,41 @@ impl Engine {
         self.docker.client_version().to_string()
     }
 
-    /// Every running container.
+    /// Every running container. Those with routing labels are looked at
+    /// closely: their creation time to the nanosecond (two of them may be
+    /// created within one second, a redeploy and the container it
+    /// replaces) and their health as it is now.
     pub async fn running(&self) -> Result<Vec<Container>> {
         let options = ListContainersOptions {
             all: false,
             ..Default::default()
         };
         let list = self.docker.list_containers(Some(options)).await?;
-        Ok(list.into_iter().filter_map(Container::from_summary).collect())
+        let mut containers: Vec<Container> = list.into_iter().filter_map(Container::from_summary).collect();
+        for c in containers.iter_mut().filter(|c| c.asks_for_routes()) {
+            let inspect = match self
+                .docker
+                .inspect_container(&c.id, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(i) => i,
+                // Gone since the list: the next event says so.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(created) = inspect.created.as_deref() {
+                c.created = sortable_time(created);
+            }
+            if let Some(status) = inspect.state.and_then(|s| s.health).and_then(|h| h.status) {
+                c.health = match status {
+                    HealthStatusEnum::HEALTHY => Health::Healthy,
+                    HealthStatusEnum::UNHEALTHY => Health::Unhealthy,
+                    HealthStatusEnum::STARTING => Health::Starting,
+                    _ => Health::None,
+                };
+            }
+        }
+        Ok(containers)
     }
 
     /// Container events that can change what is routed; ends when the
@@ -224,6 +275,20 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creation_times_sort_in_time_order() {
+        let times = [
+            "2026-12-07T22:13:05Z",
+            "2026-12-07T22:13:05.0001Z",
+            "2026-12-07T22:13:05.1234Z",
+            "2026-12-07T22:13:05.123456789Z",
+            "2026-12-07T22:13:05.9Z",
+            "2026-12-07T22:13:06.01Z",
+        ];
+        let sorted: Vec<String> = times.iter().map(|t| sortable_time(t)).collect();
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]), "{sorted:?}");
+    }
 
     #[test]
     fn health_from_the_status_line() {

@@ -36,6 +36,7 @@ pub fn labels(data: &[u8]) {
         address: Some([10, 0, 0, 1].into()),
         exposed,
         health: Health::None,
+        created: String::new(),
     };
     let (wanted, left_out) = relay::containers::desired(std::slice::from_ref(&container));
     // Each route asked for is kept or left out with a reason, and so is

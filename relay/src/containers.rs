@@ -191,11 +191,13 @@ fn route_name(host: &str, path: &str) -> String {
 }
 
 /// The routes ready containers ask for, by host and path, and those left
-/// out; the first container (by name) wins a host and path two of them
-/// ask for.
+/// out. Of two ready containers asking for one host and path, the newer
+/// gets it (then the first by name): a new container with the same labels
+/// takes the route over in one store change once it is ready, while the
+/// old one still serves — make-before-break, whatever started them.
 pub fn desired(containers: &[Container]) -> (BTreeMap<(String, String), NewRoute>, Vec<LeftOut>) {
     let mut sorted: Vec<&Container> = containers.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    sorted.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.name.cmp(&b.name)));
     let mut out: BTreeMap<(String, String), NewRoute> = BTreeMap::new();
     let mut left_out = Vec::new();
     for c in sorted {

@@ -254,3 +254,91 @@ async fn an_engine_that_goes_away_and_comes_back_is_read_anew() {
         .expect("the container that started meanwhile gets its route");
     assert!(relay.labels().borrow().engine.starts_with("following"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_container_takes_a_route_over_once_ready_and_no_request_fails() {
+    let Some(engine) = docker::engine().await.unwrap() else {
+        return;
+    };
+    let (net, relay) = net_and_relay().await;
+    let labels = [
+        "--label",
+        "routehub.host=bg.label.test",
+        "--label",
+        "routehub.port=8080",
+        "--health-cmd",
+        "/bin/busybox wget -q -O- http://127.0.0.1:8080/",
+        "--health-interval",
+        "1s",
+    ];
+    let blue = engine.web(&name("blue"), "blue", &labels).await.unwrap();
+    until(&relay, &blue.name, Duration::from_secs(15), |r| r.len() == 1)
+        .await
+        .expect("blue gets the route");
+    let route_id = label_routes(&relay, &blue.name).await[0].id;
+    let served = wait_until(Duration::from_secs(5), || body_of(&net, "bg.label.test", "/")).await;
+    assert_eq!(served.as_deref(), Some("blue"));
+
+    // A bounded load through the gateway for the whole switch.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (net.client(), stop.clone());
+        tokio::spawn(async move {
+            let (mut bodies, mut failures) = (Vec::new(), Vec::new());
+            for _ in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                match client.get("bg.label.test", "/").await {
+                    Ok(r) if r.status == StatusCode::OK => {
+                        bodies.push(String::from_utf8_lossy(&r.body).trim().to_owned())
+                    }
+                    Ok(r) => failures.push(format!("{} {}", r.status, r.text())),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+            (bodies, failures)
+        })
+    };
+
+    // Green starts beside blue; blue keeps the route until green is healthy.
+    let green = engine.web(&name("green"), "green", &labels).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        label_routes(&relay, &blue.name).await.len(),
+        1,
+        "blue serves while green starts"
+    );
+    until(&relay, &green.name, Duration::from_secs(15), |r| r.len() == 1)
+        .await
+        .expect("green takes the route over once healthy");
+    let route = &label_routes(&relay, &green.name).await[0];
+    assert_eq!(route.id, route_id, "one route, its target switched in one change");
+    let labels = relay.labels();
+    let told = wait_until(Duration::from_secs(5), || {
+        let told = labels
+            .borrow()
+            .left_out
+            .iter()
+            .any(|l| l.container == blue.name && l.reason.contains(&green.name));
+        async move { told.then_some(()) }
+    })
+    .await;
+    assert!(told.is_some(), "{:?}", relay.labels().borrow().left_out);
+
+    // Then blue goes; the load goes on a little, then stops.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    docker::docker(&["stop", "-t", "1", &blue.name]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (bodies, failures) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {failures:?}",
+        failures.len(),
+        bodies.len() + failures.len()
+    );
+    assert_eq!(bodies.first().map(String::as_str), Some("blue"));
+    assert_eq!(bodies.last().map(String::as_str), Some("green"));
+    eprintln!("{} requests through the switch, none failed", bodies.len());
+}

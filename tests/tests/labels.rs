@@ -47,6 +47,21 @@ async fn body_of(net: &TestNet, host: &str, path: &str) -> Option<String> {
     (reply.status == StatusCode::OK).then(|| String::from_utf8_lossy(&reply.body).trim().to_owned())
 }
 
+/// `docker run` arguments of a web container routed by `host_label`,
+/// with a healthcheck that passes once it serves.
+fn healthy_at(host_label: &'static str) -> [&'static str; 8] {
+    [
+        "--label",
+        host_label,
+        "--label",
+        "routehub.port=8080",
+        "--health-cmd",
+        "/bin/busybox wget -q -O- http://127.0.0.1:8080/",
+        "--health-interval",
+        "1s",
+    ]
+}
+
 fn name(test: &str) -> String {
     format!("routehub-labels-{test}-{}", std::process::id())
 }
@@ -60,20 +75,7 @@ async fn routehub_labels_follow_a_container_from_healthy_to_killed() {
 
     // With a healthcheck: no route until it passes.
     let web: Container = engine
-        .web(
-            &name("web"),
-            "hello-web",
-            &[
-                "--label",
-                "routehub.host=web.label.test",
-                "--label",
-                "routehub.port=8080",
-                "--health-cmd",
-                "/bin/busybox wget -q -O- http://127.0.0.1:8080/",
-                "--health-interval",
-                "1s",
-            ],
-        )
+        .web(&name("web"), "hello-web", &healthy_at("routehub.host=web.label.test"))
         .await
         .unwrap();
     assert!(
@@ -261,16 +263,7 @@ async fn a_newer_container_takes_a_route_over_once_ready_and_no_request_fails() 
         return;
     };
     let (net, relay) = net_and_relay().await;
-    let labels = [
-        "--label",
-        "routehub.host=bg.label.test",
-        "--label",
-        "routehub.port=8080",
-        "--health-cmd",
-        "/bin/busybox wget -q -O- http://127.0.0.1:8080/",
-        "--health-interval",
-        "1s",
-    ];
+    let labels = healthy_at("routehub.host=bg.label.test");
     let blue = engine.web(&name("blue"), "blue", &labels).await.unwrap();
     until(&relay, &blue.name, Duration::from_secs(15), |r| r.len() == 1)
         .await

@@ -820,7 +820,7 @@ async fn the_routes_cli_lists_edits_removes_shows_history_and_rolls_back() {
     let header = out.lines().next().unwrap();
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
-        ["ID", "ROUTE", "TARGET", "STATE"]
+        ["ID", "ROUTE", "TARGET", "STATE", "OWNER"]
     );
     assert!(out.contains("app.site.test") && out.contains(&a.url()), "{out}");
     let (ok, out, _) = routes!("list", "--json").await;
@@ -1103,7 +1103,11 @@ async fn routes_add_of_a_route_the_gateway_refuses_fails_and_list_shows_it_refus
         "{out}"
     );
     let app = out.lines().find(|l| l.contains("app.site.test")).unwrap_or_default();
-    assert!(app.ends_with("enabled"), "{out}");
+    // Enabled, and made through the API (no owning container).
+    assert!(
+        app.split_whitespace().collect::<Vec<_>>().ends_with(&["enabled", "-"]),
+        "{out}"
+    );
     // The JSON answer carries the refusal too, and the exit status says so.
     let (ok, out, _) = routes_cmd(
         admin,

@@ -72,6 +72,8 @@ pub(crate) struct Established {
     pub tunnel: Tunnel,
     pub ctrl: TunnelStream,
     pub welcome: Welcome,
+    /// The hostnames the handshake asked for (`welcome.granted` answers them).
+    pub asked: Vec<String>,
 }
 
 impl Dialer {
@@ -168,6 +170,7 @@ impl Dialer {
         hostnames: Vec<String>,
         tunnel: Tunnel,
     ) -> Result<Established> {
+        let asked = hostnames.clone();
         let exchange = async {
             let mut ctrl = tunnel.open_stream().await?;
             ctrl.prioritize();
@@ -182,7 +185,12 @@ impl Dialer {
             }
         };
         match timeout(HANDSHAKE_TIMEOUT, exchange).await {
-            Ok(Ok((ctrl, welcome))) => Ok(Established { tunnel, ctrl, welcome }),
+            Ok(Ok((ctrl, welcome))) => Ok(Established {
+                tunnel,
+                ctrl,
+                welcome,
+                asked,
+            }),
             Ok(Err(e)) => {
                 tunnel.close("handshake failed");
                 Err(e.into())

@@ -40,7 +40,12 @@ pub(crate) async fn run(
     mut routes_in_place: Option<oneshot::Sender<()>>,
     next: mpsc::Sender<Next>,
 ) -> Ended {
-    let Established { tunnel, ctrl, welcome } = est;
+    let Established {
+        tunnel,
+        ctrl,
+        welcome,
+        asked,
+    } = est;
     let name = gateway.to_string();
     let id = welcome.session_id;
     let transport = tunnel.transport();
@@ -52,7 +57,8 @@ pub(crate) async fn run(
     // it takes to call the session dead.
     let write_limit = dead_after(heartbeat);
     tracing::info!(granted = ?welcome.granted, "connected");
-    let asked = shared.proxy.routes.hostnames();
+    // Of what the handshake asked for: routes added since are answered by
+    // route sync, route by route.
     let refused: Vec<&String> = asked.iter().filter(|h| !welcome.granted.contains(h)).collect();
     if !refused.is_empty() {
         tracing::warn!(?refused, "the gateway will not serve these hostnames for this key");

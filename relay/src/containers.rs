@@ -264,25 +264,38 @@ pub fn desired(containers: &[Container]) -> (BTreeMap<(String, String), NewRoute
 
 /// Makes the store's label routes what `containers` ask for: adds,
 /// updates and removes owned routes only. Returns what was left out.
+///
+/// A host with any route made through the API, CLI or config is off
+/// limits to labels, every path of it: labels can come from an image's
+/// author, and a label route under `/api` would otherwise take that part
+/// of a host its admin routed elsewhere.
 pub async fn sync(store: &Store, containers: &[Container]) -> crate::Result<Vec<LeftOut>> {
     let (mut wanted, mut left_out) = desired(containers);
     let mut owned: BTreeMap<(String, String), Route> = BTreeMap::new();
+    let mut admin_hosts: BTreeMap<String, u64> = BTreeMap::new();
     for r in store.list().await? {
-        let key = (r.host.clone(), r.path.clone());
         if r.owner.as_deref().is_some_and(|o| o.starts_with("container:")) {
-            owned.insert(key, r);
-        } else if let Some(clash) = wanted.remove(&key) {
-            left_out.push(LeftOut {
-                container: clash
-                    .owner
-                    .unwrap_or_default()
-                    .trim_start_matches("container:")
-                    .to_owned(),
-                route: r.name(),
-                reason: format!("route {} made through the API or config has it", r.id),
-            });
+            owned.insert((r.host.clone(), r.path.clone()), r);
+        } else {
+            admin_hosts.entry(r.host.clone()).or_insert(r.id);
         }
     }
+    wanted.retain(|(host, path), new| {
+        let Some(id) = admin_hosts.get(host) else { return true };
+        left_out.push(LeftOut {
+            container: new
+                .owner
+                .as_deref()
+                .unwrap_or_default()
+                .trim_start_matches("container:")
+                .to_owned(),
+            route: route_name(host, path),
+            reason: format!(
+                "{host} has routes made through the API or config (route {id}); labels never take any of its paths"
+            ),
+        });
+        false
+    });
     for (key, new) in wanted {
         match owned.remove(&key) {
             Some(have) if have.target == new.target && have.policy == new.policy && have.owner == new.owner => {}

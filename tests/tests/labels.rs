@@ -135,6 +135,9 @@ async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
                 "routehub.host=taken.label.test",
                 "--label",
                 "routehub.port=8080",
+                // Not even a path the API route does not cover.
+                "--label",
+                "traefik.http.routers.sneak.rule=Host(`taken.label.test`) && PathPrefix(`/api`)",
             ],
         )
         .await
@@ -157,13 +160,21 @@ async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
         (None, "http://127.0.0.1:9")
     );
 
-    // The clash is told, not only logged.
+    // The clashes are told, not only logged.
+    let status = relay.labels();
+    let told = wait_until(Duration::from_secs(5), || {
+        let labels = status.borrow().clone();
+        let told = ["taken.label.test", "taken.label.test/api"].iter().all(|route| {
+            labels
+                .left_out
+                .iter()
+                .any(|l| l.container == app.name && &l.route == route && l.reason.contains("made through the API"))
+        });
+        async move { told.then_some(()) }
+    })
+    .await;
     let labels = relay.labels().borrow().clone();
-    let clash = labels.left_out.iter().find(|l| l.container == app.name);
-    assert!(
-        clash.is_some_and(|l| l.route == "taken.label.test" && l.reason.contains("made through the API")),
-        "{labels:?}"
-    );
+    assert!(told.is_some(), "{labels:?}");
     assert!(labels.engine.starts_with("following"), "{}", labels.engine);
     let served = wait_until(Duration::from_secs(5), || body_of(&net, "tr.label.test", "/api/")).await;
     assert_eq!(served.as_deref(), Some("hello-traefik"));

@@ -18,8 +18,9 @@ pub(crate) enum Ended {
 /// What a running session asks of its maintainer: start the next session
 /// now, while this one goes on until its streams are done.
 pub(crate) enum Next {
-    /// This session established the one to take over.
-    TakeOver(TakeOver),
+    /// This session established the one to take over (boxed: a whole
+    /// established session, next to a unit variant).
+    TakeOver(Box<TakeOver>),
     /// The gateway is draining this session: connect again.
     Reconnect,
 }

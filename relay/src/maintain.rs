@@ -101,14 +101,14 @@ async fn maintain(shared: Arc<Shared>, gateway: GatewayAddr, peer: bool) {
                         // next one starts, with no backoff: nothing was lost.
                         shared.maintainers.spawn(session);
                         if let Next::TakeOver(t) = next {
-                            pending = Some(t);
+                            pending = Some(*t);
                         }
                         continue;
                     }
                 };
                 // It may have handed over just as it ended.
                 if let Ok(Next::TakeOver(t)) = next_rx.try_recv() {
-                    pending = Some(t);
+                    pending = Some(*t);
                     continue;
                 }
                 match ended {

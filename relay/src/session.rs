@@ -159,7 +159,7 @@ pub(crate) async fn run(
                     Ok(est) => {
                         tracing::info!(transport = %est.tunnel.transport(), "a new session takes over once its routes are in place");
                         let (tx, rx) = oneshot::channel();
-                        if next.try_send(Next::TakeOver(TakeOver { est, routes_in_place: tx })).is_ok() {
+                        if next.try_send(Next::TakeOver(Box::new(TakeOver { est, routes_in_place: tx }))).is_ok() {
                             replaced = Some(rx);
                         }
                     }

@@ -513,7 +513,20 @@ async fn forward(
             Ok(conn) => conn,
             Err(reason) => return Err(Failure::unsent(unavailable(reason), req)),
         };
-        let sent = timeout(state.config.response_timeout(), conn.sender.try_send_request(req)).await;
+        let sent = tokio::select! {
+            sent = timeout(state.config.response_timeout(), conn.sender.try_send_request(req)) => sent,
+            // Replaced while waiting for the head (see `Session::replaced`):
+            // nothing came back, so a safe request is sent again elsewhere.
+            () = session.replaced.cancelled() => {
+                return Err(Failure {
+                    error: unavailable("the session was replaced by a newer one of the relay".into()),
+                    unsent: None,
+                    maybe_in_progress: false,
+                    stale: false,
+                    refused: false,
+                });
+            }
+        };
         match sent {
             // An idle connection the relay closed meanwhile: if the request
             // never left, take another one.

@@ -133,10 +133,12 @@ fn install(
     if first {
         // The relay process reconnected (another transport, a new
         // network): its older sessions are likely dead paths, so they get
-        // no new requests from now on. One that has gone quiet is closed
-        // now: what is in flight on it can't come back, and a safe request
-        // among it is sent again on the new session at once rather than
-        // after the old one's death is declared.
+        // no new requests from now on. On one that has gone quiet, the
+        // requests still waiting for a response head give up now: a safe
+        // one is sent again on the new session at once rather than after
+        // the old one's death is declared. Responses already under way go
+        // on: a path that is only lossy still delivers them, and a dead
+        // one is closed at its declared death.
         for old in all
             .values()
             .filter(|o| o.id != session.id && o.key == session.key && o.instance == session.instance)
@@ -145,9 +147,9 @@ fn install(
             if old.is_quiet() {
                 tracing::info!(
                     session = old.id,
-                    "a quiet session is replaced by a newer one of its relay: closing it"
+                    "a quiet session is replaced by a newer one of its relay: its waiting requests move"
                 );
-                old.tunnel.close("replaced by a newer session of the relay");
+                old.replaced.cancel();
             }
             touched.push(old.clone());
         }

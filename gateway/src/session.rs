@@ -28,6 +28,11 @@ pub struct Session {
     /// Idle HTTP connections over this tunnel's streams.
     pub pool: ConnPool,
     pub(crate) draining: AtomicBool,
+    /// Cancelled when a newer session of the relay replaces this quiet
+    /// one: requests still waiting for their response head here give up
+    /// (safe ones are sent again on the new session at once), while
+    /// responses already under way go on, on a lossy path as on a good one.
+    pub(crate) replaced: tokio_util::sync::CancellationToken,
     /// The routes served (authorized), and the relay's version they come
     /// from; both change only under the registry's sessions lock.
     pub(crate) routes: Mutex<Vec<RouteSpec>>,
@@ -79,6 +84,7 @@ impl Session {
             heard_ms: AtomicU64::new(0),
             pool: ConnPool::default(),
             draining: AtomicBool::new(false),
+            replaced: Default::default(),
             routes: Mutex::new(Vec::new()),
             routes_version: AtomicU64::new(0),
             published: Mutex::new(HashMap::new()),

@@ -90,6 +90,17 @@ impl Browser {
         }))
     }
 
+    /// A page on `relay`'s dashboard, signed in with the admin token in
+    /// `data_dir` (passed in the address, as the README shows).
+    pub async fn dashboard(&self, relay: &relay::Relay, data_dir: &std::path::Path) -> Result<Page> {
+        let admin = relay.admin_addr().context("the relay has no admin listener")?;
+        let token = ops::AdminToken::load_or_create(data_dir)?;
+        let mut page = self.page().await?;
+        page.navigate(&format!("http://{admin}/#token={}", token.secret()))
+            .await?;
+        Ok(page)
+    }
+
     /// The first page target.
     pub async fn page(&self) -> Result<Page> {
         let tcp = TcpStream::connect(&self.devtools).await?;

@@ -19,15 +19,7 @@ async fn add_a_route_through_the_dashboard_form_and_see_it_listed_and_live() {
         .await
         .unwrap();
     let relay = &net.relays[0];
-    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
-    let mut page = browser.page().await.unwrap();
-    page.navigate(&format!(
-        "http://{}/#token={}",
-        relay.admin_addr().unwrap(),
-        token.secret()
-    ))
-    .await
-    .unwrap();
+    let mut page = browser.dashboard(relay, &net.dir.path().join("relay-0")).await.unwrap();
 
     // The page lists the seeded route and shows the gateway as connected.
     let listed = page
@@ -117,15 +109,7 @@ async fn a_route_the_gateway_refuses_shows_as_refused_on_the_dashboard() {
         .await
         .unwrap();
     let relay = &net.relays[0];
-    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
-    let mut page = browser.page().await.unwrap();
-    page.navigate(&format!(
-        "http://{}/#token={}",
-        relay.admin_addr().unwrap(),
-        token.secret()
-    ))
-    .await
-    .unwrap();
+    let mut page = browser.dashboard(relay, &net.dir.path().join("relay-0")).await.unwrap();
     page.wait_for(
         "document.querySelector('#routes tbody').innerText.includes('app.site.test') || null",
         Duration::from_secs(10),

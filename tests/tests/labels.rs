@@ -189,10 +189,10 @@ async fn traefik_labels_make_routes_and_api_routes_win_a_clash() {
     let Some(browser) = Browser::launch().await.unwrap() else {
         return;
     };
-    let token = ops::AdminToken::load_or_create(&net.dir.path().join("relay-0")).unwrap();
-    let mut page = browser.page().await.unwrap();
-    let url = format!("http://{}/#token={}", relay.admin_addr().unwrap(), token.secret());
-    page.navigate(&url).await.unwrap();
+    let mut page = browser
+        .dashboard(&relay, &net.dir.path().join("relay-0"))
+        .await
+        .unwrap();
     let row = page
         .wait_for(
             "[...document.querySelectorAll('#routes tbody tr')].map(r => r.innerText).find(t => t.includes('tr.label.test'))",

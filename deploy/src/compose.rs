@@ -105,11 +105,10 @@ impl ComposeCli {
         self.program.join(" ")
     }
 
-    /// The configuration compose resolves `yaml` to (its `config`), or
+    /// The configuration compose resolves `spec` to (its `config`), or
     /// compose's error (which names the line and column of bad YAML).
-    pub async fn config(&self, project: &str, yaml: &str, env: Option<&Path>) -> Result<String, Error> {
-        let file = ComposeFile::write(yaml)?;
-        let out = self.run_file(project, &file, env, &["config"], QUICK).await?;
+    pub async fn config(&self, project: &str, spec: &Spec<'_>) -> Result<String, Error> {
+        let out = self.run_spec(project, spec, &["config"], QUICK).await?;
         if out.ok {
             Ok(out.text)
         } else {
@@ -117,39 +116,54 @@ impl ComposeCli {
         }
     }
 
+    /// The names of the services `spec` defines.
+    pub async fn services(&self, project: &str, spec: &Spec<'_>) -> Result<Vec<String>, Error> {
+        let out = self.run_spec(project, spec, &["config", "--services"], QUICK).await?;
+        if !out.ok {
+            return Err(self.failed("config --services", out));
+        }
+        Ok(out
+            .text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect())
+    }
+
     /// `up -d --remove-orphans` within `timeout`: the project's containers
     /// created or recreated and started. Pulls what is missing.
-    pub async fn up(&self, project: &str, yaml: &str, env: Option<&Path>, timeout: Duration) -> Result<Output, Error> {
-        let file = ComposeFile::write(yaml)?;
-        self.run_file(project, &file, env, &["up", "-d", "--remove-orphans"], timeout)
+    pub async fn up(&self, project: &str, spec: &Spec<'_>, timeout: Duration) -> Result<Output, Error> {
+        self.run_spec(project, spec, &["up", "-d", "--remove-orphans"], timeout)
             .await
     }
 
     /// `down --remove-orphans`: the project's containers and networks go.
     /// Takes the project's compose file: v1 reads it even to take a
     /// project down.
-    pub async fn down(&self, project: &str, yaml: &str, timeout: Duration) -> Result<Output, Error> {
-        let file = ComposeFile::write(yaml)?;
-        self.run_file(project, &file, None, &["down", "--remove-orphans"], timeout)
+    pub async fn down(&self, project: &str, spec: &Spec<'_>, timeout: Duration) -> Result<Output, Error> {
+        self.run_spec(project, spec, &["down", "--remove-orphans"], timeout)
             .await
     }
 
-    async fn run_file(
+    async fn run_spec(
         &self,
         project: &str,
-        file: &ComposeFile,
-        env: Option<&Path>,
+        spec: &Spec<'_>,
         args: &[&str],
         timeout: Duration,
     ) -> Result<Output, Error> {
-        let path = file.path.to_string_lossy();
-        let mut all = vec!["-p", project, "-f", &path];
-        let env = env.map(|e| e.to_string_lossy().into_owned());
-        if let Some(env) = &env {
-            all.extend(["--env-file", env]);
+        let files = ComposeFile::write(spec)?;
+        let mut all = vec!["-p".to_owned(), project.to_owned()];
+        for f in &files.files {
+            all.extend(["-f".to_owned(), f.to_string_lossy().into_owned()]);
         }
-        all.extend_from_slice(args);
-        self.run(&all, Some(&file.dir), timeout).await
+        if let Some(env) = &files.env {
+            all.extend(["--env-file".to_owned(), env.to_string_lossy().into_owned()]);
+        }
+        all.extend(args.iter().map(|a| (*a).to_owned()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run(&all, Some(&files.dir), timeout).await
     }
 
     fn failed(&self, what: &str, out: Output) -> Error {
@@ -223,18 +237,32 @@ async fn tail<R: tokio::io::AsyncRead + Unpin>(from: Option<&mut R>, into: &mut 
     }
 }
 
-/// A compose file on disk for one run: 0600 in a directory of its own
-/// (so relative paths in it resolve there), removed on drop.
+/// What one compose run is given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Spec<'a> {
+    /// The compose file.
+    pub yaml: &'a str,
+    /// An override file laid over it (JSON, which compose reads as YAML):
+    /// what a rollback uses to pin each service's image.
+    pub pins: Option<&'a str>,
+    /// An env file's content (`NAME=value` lines), for interpolation.
+    pub env: Option<&'a str>,
+}
+
+/// The files of one run on disk: 0600 in a directory of its own (so
+/// relative paths in the compose file resolve there), all removed on
+/// drop; the env file with its secrets too.
 struct ComposeFile {
     dir: PathBuf,
-    path: PathBuf,
+    files: Vec<PathBuf>,
+    env: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
 impl ComposeFile {
-    fn write(yaml: &str) -> Result<ComposeFile, Error> {
-        if yaml.len() > MAX_COMPOSE_FILE {
-            return Err(Error::TooLarge(yaml.len()));
+    fn write(spec: &Spec<'_>) -> Result<ComposeFile, Error> {
+        if spec.yaml.len() > MAX_COMPOSE_FILE {
+            return Err(Error::TooLarge(spec.yaml.len()));
         }
         let spawn = |e: std::io::Error| Error::Spawn {
             command: "writing the compose file".into(),
@@ -244,16 +272,25 @@ impl ComposeFile {
             .prefix("routehub-compose-")
             .tempdir()
             .map_err(spawn)?;
-        let path = dir.path().join("compose.yaml");
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&path).map_err(spawn)?;
-        std::io::Write::write_all(&mut f, yaml.as_bytes()).map_err(spawn)?;
+        let write = |name: &str, text: &str| -> Result<PathBuf, Error> {
+            let path = dir.path().join(name);
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(&path).map_err(spawn)?;
+            std::io::Write::write_all(&mut f, text.as_bytes()).map_err(spawn)?;
+            Ok(path)
+        };
+        let mut files = vec![write("compose.yaml", spec.yaml)?];
+        if let Some(pins) = spec.pins {
+            files.push(write("routehub-pins.yaml", pins)?);
+        }
+        let env = spec.env.map(|e| write("routehub.env", e)).transpose()?;
         Ok(ComposeFile {
             dir: dir.path().to_owned(),
-            path,
+            files,
+            env,
             _dir: dir,
         })
     }
@@ -286,7 +323,11 @@ mod tests {
     #[tokio::test]
     async fn a_file_over_the_limit_is_refused_before_anything_runs() {
         let big = "x".repeat(MAX_COMPOSE_FILE + 1);
-        assert!(matches!(ComposeFile::write(&big), Err(Error::TooLarge(_))));
+        let spec = Spec {
+            yaml: &big,
+            ..Spec::default()
+        };
+        assert!(matches!(ComposeFile::write(&spec), Err(Error::TooLarge(_))));
     }
 
     #[tokio::test]

@@ -98,6 +98,19 @@ pub struct ServiceState {
     pub restarts: i64,
 }
 
+/// The image a service's container runs: the name its config gives, the
+/// local image ID, and the first registry digest where there is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceImage {
+    pub service: String,
+    pub image: String,
+    pub id: String,
+    pub digest: Option<String>,
+}
+
+/// Most log lines one read returns without following.
+pub const MAX_LOG_TAIL: usize = 1000;
+
 /// How a wait for a project ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Readiness {
@@ -112,17 +125,8 @@ pub enum Readiness {
 impl Engine {
     /// The containers of compose project `project`, running or not.
     pub async fn project(&self, project: &str) -> Result<Vec<ServiceState>> {
-        let filters = std::collections::HashMap::from([(
-            "label".to_owned(),
-            vec![format!("com.docker.compose.project={project}")],
-        )]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
         let mut states = Vec::new();
-        for c in self.docker().list_containers(Some(options)).await? {
+        for c in self.list_project(project).await? {
             let Some(id) = c.id else { continue };
             let inspect = self
                 .docker()
@@ -150,14 +154,90 @@ impl Engine {
         Ok(states)
     }
 
+    /// The image each container of `project` runs.
+    pub async fn images(&self, project: &str) -> Result<Vec<ServiceImage>> {
+        let mut images = Vec::new();
+        for c in self.list_project(project).await? {
+            let Some(id) = c.id else { continue };
+            let inspect = self
+                .docker()
+                .inspect_container(&id, None::<InspectContainerOptions>)
+                .await?;
+            let service = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("com.docker.compose.service").cloned())
+                .unwrap_or_default();
+            let image_id = inspect.image.unwrap_or_default();
+            let digest = self
+                .docker()
+                .inspect_image(&image_id)
+                .await?
+                .repo_digests
+                .and_then(|d| d.into_iter().next());
+            images.push(ServiceImage {
+                service,
+                image: inspect.config.and_then(|c| c.image).unwrap_or_default(),
+                id: image_id,
+                digest,
+            });
+        }
+        images.sort_by(|a, b| a.service.cmp(&b.service));
+        Ok(images)
+    }
+
+    /// The logs of every container of `project` (of `service` only, if
+    /// given): the last `tail` lines, then, with `follow`, what comes,
+    /// each line prefixed with its service's name.
+    pub fn logs(
+        &self,
+        container: &str,
+        prefix: &str,
+        tail: usize,
+        follow: bool,
+    ) -> impl futures_util::Stream<Item = Result<String>> + use<> {
+        let options = bollard::query_parameters::LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.min(MAX_LOG_TAIL).to_string(),
+            ..Default::default()
+        };
+        let prefix = prefix.to_owned();
+        self.docker().logs(container, Some(options)).map(move |chunk| {
+            let chunk = chunk?;
+            Ok(format!("{prefix} | {}", String::from_utf8_lossy(&chunk.into_bytes())))
+        })
+    }
+
+    async fn list_project(&self, project: &str) -> Result<Vec<bollard::models::ContainerSummary>> {
+        let filters = std::collections::HashMap::from([(
+            "label".to_owned(),
+            vec![format!("com.docker.compose.project={project}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        Ok(self.docker().list_containers(Some(options)).await?)
+    }
+
     /// Waits until every service of `project` is ready, one fails, or
     /// `within` is up; looks again at each of the project's events (and
     /// at least every half second, for changes no event announces).
-    pub async fn wait_ready(&self, project: &str, within: Duration) -> Result<Readiness> {
+    /// `seen` is shown the states at every look.
+    pub async fn wait_ready(
+        &self,
+        project: &str,
+        within: Duration,
+        mut seen: impl FnMut(&[ServiceState]),
+    ) -> Result<Readiness> {
         let deadline = tokio::time::Instant::now() + within;
         let mut events = Box::pin(self.container_events());
         loop {
             let states = self.project(project).await?;
+            seen(&states);
             if states.iter().any(|s| s.health.is_failed()) {
                 return Ok(Readiness::Failed(states));
             }

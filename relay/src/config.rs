@@ -42,6 +42,8 @@ pub struct RelayConfig {
     pub label_routes: bool,
     /// The Docker Engine's unix socket.
     pub docker_socket: PathBuf,
+    /// Compose deployments (`routehub deploy`) through the compose CLI.
+    pub deployments: bool,
 }
 
 /// Where the admin API listens by default.
@@ -63,6 +65,7 @@ impl Default for RelayConfig {
             dangerous_admin_public: false,
             label_routes: true,
             docker_socket: deploy::engine::DEFAULT_SOCKET.into(),
+            deployments: true,
         }
     }
 }

@@ -34,6 +34,12 @@ pub enum Error {
     /// A named limit would be exceeded; undo something first.
     #[error("limit reached: {0}")]
     Limit(String),
+    /// What deployments need (the compose CLI, the Docker Engine) is not
+    /// there.
+    #[error("deployments are unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Deploy(#[from] deploy::Error),
 }
 
 impl Error {

@@ -8,6 +8,7 @@ pub mod client;
 pub mod config;
 pub mod connect;
 pub mod containers;
+pub mod deployer;
 pub mod error;
 pub mod gateway_addr;
 pub mod gateways;
@@ -16,7 +17,9 @@ pub mod health;
 mod maintain;
 pub mod model;
 pub mod proxy;
+pub mod records;
 pub mod routes;
+pub mod secrets;
 mod session;
 mod shared;
 pub mod status;
@@ -149,6 +152,19 @@ impl Relay {
         } else {
             watch::channel(containers::LabelStatus::off()).1
         };
+        let deployer = if config.deployments {
+            Some(
+                deployer::Deployer::start(
+                    store.clone(),
+                    config.docker_socket.clone(),
+                    &config.data_dir,
+                    status.clone(),
+                )
+                .await?,
+            )
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             key,
             instance: random_u64(),
@@ -172,6 +188,7 @@ impl Relay {
                     labels: labels.clone(),
                     shutdown: shared.shutdown.clone(),
                     feeds: Arc::new(tokio::sync::Semaphore::new(admin::MAX_EVENT_CLIENTS)),
+                    deployer,
                 });
                 tokio::spawn(admin::serve(listener, admin));
                 tracing::info!(admin = %local, "admin API and dashboard listening");

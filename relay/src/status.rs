@@ -26,3 +26,14 @@ pub struct GatewayStatus {
 
 /// Gateway → status, published on every change.
 pub type Status = BTreeMap<String, GatewayStatus>;
+
+/// Of the gateways with a session, how many acknowledged route set
+/// `version` or a later one: (acknowledged, connected).
+pub fn acked(status: &Status, version: u64) -> (usize, usize) {
+    let sessions = status.values().filter_map(|g| g.session.as_ref());
+    let connected = sessions.clone().count();
+    let acked = sessions
+        .filter(|i| i.routes_version_acked.is_some_and(|v| v >= version))
+        .count();
+    (acked, connected)
+}

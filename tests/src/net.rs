@@ -221,6 +221,7 @@ impl TestNet {
             drain_timeout_secs: 5,
             // Tests that follow containers say so (tests/tests/labels.rs).
             label_routes: false,
+            deployments: false,
             ..Default::default()
         }
     }
@@ -265,6 +266,7 @@ impl TestNet {
     pub async fn start_label_relay(&self, key: &str, socket: &std::path::Path) -> Result<Relay> {
         let relay = Relay::start(RelayConfig {
             label_routes: true,
+            deployments: true,
             docker_socket: socket.to_owned(),
             ..self.relay_config(key, Vec::new())
         })

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use deploy::Error;
-use deploy::compose::{ComposeCli, project};
+use deploy::compose::{ComposeCli, Spec, project};
 use deploy::{Engine, Readiness, ServiceHealth};
 use harness::docker::{self, IMAGE};
 use harness::{TestNet, wait_until};
@@ -81,12 +81,31 @@ services:
     command: ["true"]
 "#
     );
-    let resolved = cli.config(&p.0, &yaml, None).await.unwrap();
+    let resolved = cli
+        .config(
+            &p.0,
+            &Spec {
+                yaml: &yaml,
+                ..Spec::default()
+            },
+        )
+        .await
+        .unwrap();
     assert!(resolved.contains("compose.label.test"), "{resolved}");
-    let up = cli.up(&p.0, &yaml, None, Duration::from_secs(120)).await.unwrap();
+    let up = cli
+        .up(
+            &p.0,
+            &Spec {
+                yaml: &yaml,
+                ..Spec::default()
+            },
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
     assert!(up.ok, "{}", up.text);
 
-    let states = match engine.wait_ready(&p.0, Duration::from_secs(30)).await.unwrap() {
+    let states = match engine.wait_ready(&p.0, Duration::from_secs(30), |_| {}).await.unwrap() {
         Readiness::Ready(states) => states,
         other => panic!("not ready: {other:?}"),
     };
@@ -107,7 +126,17 @@ services:
     .await;
     assert_eq!(body.as_deref(), Some("hello-compose"));
 
-    let down = cli.down(&p.0, &yaml, Duration::from_secs(60)).await.unwrap();
+    let down = cli
+        .down(
+            &p.0,
+            &Spec {
+                yaml: &yaml,
+                ..Spec::default()
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
     assert!(down.ok, "{}", down.text);
     assert!(engine.project(&p.0).await.unwrap().is_empty());
 }
@@ -132,9 +161,19 @@ services:
     restart: always
 "#
     );
-    let up = cli.up(&p.0, &yaml, None, Duration::from_secs(120)).await.unwrap();
+    let up = cli
+        .up(
+            &p.0,
+            &Spec {
+                yaml: &yaml,
+                ..Spec::default()
+            },
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap();
     assert!(up.ok, "{}", up.text);
-    match engine.wait_ready(&p.0, Duration::from_secs(30)).await.unwrap() {
+    match engine.wait_ready(&p.0, Duration::from_secs(30), |_| {}).await.unwrap() {
         Readiness::Failed(_) => {}
         other => panic!("a failing project is not ready: {other:?}"),
     }
@@ -153,12 +192,31 @@ async fn bad_compose_files_get_clear_errors_and_run_nothing() {
     let Some((cli, engine)) = tools().await else { return };
     let p = unique("yaml");
     let broken = "services:\n  web:\n    image: [unclosed\n";
-    match cli.config(&p.0, broken, None).await {
+    match cli
+        .config(
+            &p.0,
+            &Spec {
+                yaml: broken,
+                ..Spec::default()
+            },
+        )
+        .await
+    {
         Err(Error::Failed { output, .. }) => assert!(output.contains("line"), "{output}"),
         other => panic!("{other:?}"),
     }
     let big = format!("# {}\nservices: {{}}\n", "x".repeat(deploy::compose::MAX_COMPOSE_FILE));
-    assert!(matches!(cli.config(&p.0, &big, None).await, Err(Error::TooLarge(_))));
+    assert!(matches!(
+        cli.config(
+            &p.0,
+            &Spec {
+                yaml: &big,
+                ..Spec::default()
+            }
+        )
+        .await,
+        Err(Error::TooLarge(_))
+    ));
     assert!(matches!(project("Bad Name", 1), Err(Error::InvalidName { .. })));
     assert!(engine.project(&p.0).await.unwrap().is_empty());
 }

@@ -29,17 +29,18 @@ fn not_served(path: &str) -> Response<Body> {
     error_response(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
 }
 
-fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+pub(super) fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
     full(status, "application/json", v.to_string())
 }
 
-async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Response<Body>> {
-    let body = Limited::new(req.into_body(), MAX_BODY).collect().await.map_err(|e| {
+/// The body as JSON, at most `limit` bytes.
+pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Response<Body>> {
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
         if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("the body is over {MAX_BODY} bytes"),
-            )
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes"))
         } else {
             error_response(StatusCode::BAD_REQUEST, format!("can't read the body: {e}"))
         }
@@ -48,7 +49,7 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
         .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }
 
-fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+pub(super) fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
     req.uri()
         .query()?
         .split('&')
@@ -90,18 +91,7 @@ fn labels_json(labels: &crate::containers::LabelStatus) -> serde_json::Value {
 /// After a write at `version`: with `?wait=1`, waits until every connected
 /// gateway acknowledged it (bounded). Returns (acknowledged, connected).
 async fn wait_for_gateways(admin: &Admin, req_wants: bool, version: u64) -> (usize, usize) {
-    let count = |s: &Status| {
-        let connected = s.values().filter(|g| g.session.is_some()).count();
-        let acked = s
-            .values()
-            .filter(|g| {
-                g.session
-                    .as_ref()
-                    .is_some_and(|i| i.routes_version_acked.is_some_and(|v| v >= version))
-            })
-            .count();
-        (acked, connected)
-    };
+    let count = |s: &Status| crate::status::acked(s, version);
     let mut rx = admin.status.clone();
     if req_wants {
         let _ = tokio::time::timeout(
@@ -129,7 +119,7 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
             Err(e) => store_error(&e),
         },
         (Endpoint::Routes, Method::POST, _) => {
-            let new: NewRoute = match read_json(req).await {
+            let new: NewRoute = match read_json(req, MAX_BODY).await {
                 Ok(n) => n,
                 Err(resp) => return resp,
             };
@@ -148,7 +138,7 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
                     Err(e) => store_error(&e),
                 },
                 Method::PATCH => {
-                    let patch: RoutePatch = match read_json(req).await {
+                    let patch: RoutePatch = match read_json(req, MAX_BODY).await {
                         Ok(p) => p,
                         Err(resp) => return resp,
                     };
@@ -195,7 +185,7 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
             struct Rollback {
                 version: u64,
             }
-            let body: Rollback = match read_json(req).await {
+            let body: Rollback = match read_json(req, MAX_BODY).await {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
@@ -221,6 +211,19 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
             )
         }
         (Endpoint::Events, Method::GET, _) => events(admin),
+        (
+            Endpoint::Composes
+            | Endpoint::Compose
+            | Endpoint::ComposeVersions
+            | Endpoint::ComposeVersion
+            | Endpoint::ComposeDiff
+            | Endpoint::ComposeDeployments
+            | Endpoint::ComposeRollback
+            | Endpoint::ComposeLogs
+            | Endpoint::Deployment,
+            _,
+            _,
+        ) => super::deploys::handle(admin, endpoint, req, &segments).await,
         // Unreachable through `super::handle`, which answers 404 and 405.
         _ => not_served(&path),
     }
@@ -282,6 +285,7 @@ fn events(admin: Arc<Admin>) -> Response<Body> {
                 e = events.recv() => match e {
                     Ok(Event::Change(c)) => format!("event: change\ndata: {}\n\n", json!(c)),
                     Ok(Event::Health(h)) => format!("event: health\ndata: {}\n\n", json!(h)),
+                    Ok(Event::Deploy(d)) => format!("event: deploy\ndata: {}\n\n", json!(d)),
                     Err(broadcast::error::RecvError::Lagged(_)) => "event: resync\ndata: {}\n\n".to_owned(),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },

@@ -18,12 +18,21 @@ pub(crate) enum Endpoint {
     Health,
     Status,
     Events,
+    Composes,
+    Compose,
+    ComposeVersions,
+    ComposeVersion,
+    ComposeDiff,
+    ComposeDeployments,
+    ComposeRollback,
+    ComposeLogs,
+    Deployment,
 }
 
 impl Endpoint {
     /// Every endpoint (see the `every_endpoint_is_listed` test).
     #[cfg(test)]
-    pub const ALL: [Endpoint; 12] = [
+    pub const ALL: [Endpoint; 21] = [
         Endpoint::Dashboard,
         Endpoint::DashboardIndex,
         Endpoint::OpenApi,
@@ -36,6 +45,15 @@ impl Endpoint {
         Endpoint::Health,
         Endpoint::Status,
         Endpoint::Events,
+        Endpoint::Composes,
+        Endpoint::Compose,
+        Endpoint::ComposeVersions,
+        Endpoint::ComposeVersion,
+        Endpoint::ComposeDiff,
+        Endpoint::ComposeDeployments,
+        Endpoint::ComposeRollback,
+        Endpoint::ComposeLogs,
+        Endpoint::Deployment,
     ];
 
     /// The endpoint serving `path`, if any (a trailing `/` is ignored
@@ -58,6 +76,15 @@ impl Endpoint {
                     ["health"] => Endpoint::Health,
                     ["status"] => Endpoint::Status,
                     ["events"] => Endpoint::Events,
+                    ["composes"] => Endpoint::Composes,
+                    ["composes", _] => Endpoint::Compose,
+                    ["composes", _, "versions"] => Endpoint::ComposeVersions,
+                    ["composes", _, "versions", _] => Endpoint::ComposeVersion,
+                    ["composes", _, "diff"] => Endpoint::ComposeDiff,
+                    ["composes", _, "deployments"] => Endpoint::ComposeDeployments,
+                    ["composes", _, "rollback"] => Endpoint::ComposeRollback,
+                    ["composes", _, "logs"] => Endpoint::ComposeLogs,
+                    ["deployments", _] => Endpoint::Deployment,
                     _ => return None,
                 }
             }
@@ -80,6 +107,15 @@ impl Endpoint {
             Endpoint::Health => "/api/health",
             Endpoint::Status => "/api/status",
             Endpoint::Events => "/api/events",
+            Endpoint::Composes => "/api/composes",
+            Endpoint::Compose => "/api/composes/{name}",
+            Endpoint::ComposeVersions => "/api/composes/{name}/versions",
+            Endpoint::ComposeVersion => "/api/composes/{name}/versions/{version}",
+            Endpoint::ComposeDiff => "/api/composes/{name}/diff",
+            Endpoint::ComposeDeployments => "/api/composes/{name}/deployments",
+            Endpoint::ComposeRollback => "/api/composes/{name}/rollback",
+            Endpoint::ComposeLogs => "/api/composes/{name}/logs",
+            Endpoint::Deployment => "/api/deployments/{id}",
         }
     }
 
@@ -89,8 +125,11 @@ impl Endpoint {
         const GET_POST: &[Method] = &[Method::GET, Method::POST];
         const POST: &[Method] = &[Method::POST];
         const GET_PATCH_DELETE: &[Method] = &[Method::GET, Method::PATCH, Method::DELETE];
+        const GET_DELETE: &[Method] = &[Method::GET, Method::DELETE];
         match self {
-            Endpoint::Routes => GET_POST,
+            Endpoint::Routes | Endpoint::Composes => GET_POST,
+            Endpoint::Compose => GET_DELETE,
+            Endpoint::ComposeRollback => POST,
             Endpoint::Route => GET_PATCH_DELETE,
             Endpoint::Rollback => POST,
             Endpoint::Dashboard
@@ -101,7 +140,13 @@ impl Endpoint {
             | Endpoint::VersionRoutes
             | Endpoint::Health
             | Endpoint::Status
-            | Endpoint::Events => GET,
+            | Endpoint::Events
+            | Endpoint::ComposeVersions
+            | Endpoint::ComposeVersion
+            | Endpoint::ComposeDiff
+            | Endpoint::ComposeDeployments
+            | Endpoint::ComposeLogs
+            | Endpoint::Deployment => GET,
         }
     }
 
@@ -132,12 +177,25 @@ mod tests {
                 | Endpoint::Rollback
                 | Endpoint::Health
                 | Endpoint::Status
-                | Endpoint::Events => Endpoint::ALL.contains(&e),
+                | Endpoint::Events
+                | Endpoint::Composes
+                | Endpoint::Compose
+                | Endpoint::ComposeVersions
+                | Endpoint::ComposeVersion
+                | Endpoint::ComposeDiff
+                | Endpoint::ComposeDeployments
+                | Endpoint::ComposeRollback
+                | Endpoint::ComposeLogs
+                | Endpoint::Deployment => Endpoint::ALL.contains(&e),
             }
         }
         for e in Endpoint::ALL {
             assert!(listed(e));
-            let path = e.template().replace("{id}", "7").replace("{version}", "3");
+            let path = e
+                .template()
+                .replace("{id}", "7")
+                .replace("{version}", "3")
+                .replace("{name}", "web");
             assert_eq!(Endpoint::find(&path), Some(e), "{path}");
         }
         for unknown in ["/api/", "/api/routes/1/x", "/api/nope", "/favicon.ico", "/apix/routes"] {

@@ -6,6 +6,7 @@
 //! `ops::AdminListener`.
 
 mod api;
+mod deploys;
 mod endpoints;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub(crate) struct Admin {
     pub labels: watch::Receiver<crate::containers::LabelStatus>,
     pub shutdown: CancellationToken,
     pub feeds: Arc<Semaphore>,
+    /// Compose deployments; `None` where the config turns them off.
+    pub deployer: Option<Arc<crate::deployer::Deployer>>,
 }
 
 /// Serves the admin API on `listener` until the relay shuts down.
@@ -79,6 +82,11 @@ pub(crate) fn store_error(e: &Error) -> Response<Body> {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) | Error::Limit(_) => StatusCode::CONFLICT,
         Error::Invalid(_) | Error::Route { .. } => StatusCode::BAD_REQUEST,
+        Error::Deploy(deploy::Error::InvalidName { .. } | deploy::Error::TooLarge(_)) => StatusCode::BAD_REQUEST,
+        Error::Unavailable(_)
+        | Error::Deploy(deploy::Error::ComposeUnavailable(_) | deploy::Error::Unreachable { .. }) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error_response(status, e)
@@ -160,6 +168,7 @@ mod tests {
             labels: watch::channel(crate::containers::LabelStatus::off()).1,
             shutdown: CancellationToken::new(),
             feeds: Arc::new(Semaphore::new(MAX_EVENT_CLIENTS)),
+            deployer: None,
         });
         tokio::spawn(serve(listener, admin));
         Running {
@@ -306,7 +315,11 @@ mod tests {
         let token = &running.token;
         let all = [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
         for e in Endpoint::ALL {
-            let path = e.template().replace("{id}", "1").replace("{version}", "1");
+            let path = e
+                .template()
+                .replace("{id}", "1")
+                .replace("{version}", "1")
+                .replace("{name}", "web");
             for method in &all {
                 let (status, headers, body) = probe(running.addr, method, &path, Some(token)).await;
                 let routed = !(status == StatusCode::NOT_FOUND

@@ -44,6 +44,12 @@ pub enum Entry {
     Change(Change),
     /// A seed route recorded as applied.
     Seed(Seed),
+    /// A compose version written, with the compose as it is after.
+    ComposeVersion(Box<super::composes::VersionRecord>),
+    /// A deployment as it is after a write.
+    Deployment(Box<crate::records::Deployment>),
+    /// A compose removed, with its versions and deployments.
+    ComposeRemoved(String),
 }
 
 /// A seed (`--route` flag, `[[route]]`) the store recorded as applied.
@@ -94,7 +100,7 @@ impl Scan {
     pub fn changes(&self) -> impl Iterator<Item = &Change> {
         self.entries.iter().filter_map(|e| match e {
             Entry::Change(c) => Some(c),
-            Entry::Seed(_) => None,
+            _ => None,
         })
     }
 

@@ -23,6 +23,7 @@
 
 mod backup;
 mod changes;
+mod composes;
 pub mod files;
 mod health;
 mod integrity;
@@ -46,12 +47,14 @@ use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
 use crate::model::{Change, ChangeAction, HealthCheck, HealthStatus, NewRoute, Route, RoutePatch, validate};
+use crate::records::{Compose, ComposeVersion, DeployEvent, Deployment};
 use crate::routes::RouteSet;
 use changes::Written;
 use files::StoreFiles;
 use journal::{Entry, Journal, Seed};
 use sql::{db, json_value};
 
+pub use composes::VersionRecord;
 pub use recover::{Recovery, recover};
 pub use routes::set_checksum;
 pub(crate) use sql::now;
@@ -84,6 +87,8 @@ pub enum Event {
     Change(ChangeEvent),
     /// A route's health check flipped.
     Health(HealthStatus),
+    /// A compose or one of its deployments changed.
+    Deploy(DeployEvent),
 }
 
 /// A committed change as the event feed carries it: which version, what
@@ -339,6 +344,130 @@ impl Store {
         .await
     }
 
+    /// One transaction of compose records: the write, then the journal
+    /// (what it returns to record), then the event.
+    async fn write_records<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<(T, Entry, DeployEvent)> + Send + 'static,
+    ) -> Result<T> {
+        let events = self.events.clone();
+        self.with_inner(move |inner| {
+            if inner.needs_backup {
+                inner.rotate()?;
+            }
+            let tx = inner.conn.transaction().map_err(db)?;
+            let (value, entry, event) = f(&tx)?;
+            tx.commit().map_err(db)?;
+            let journaled = inner.journal(&[entry]);
+            let _ = events.send(Event::Deploy(event));
+            journaled.map(|()| value)
+        })
+        .await
+    }
+
+    /// Writes a new version of compose `name` (made on its first version).
+    pub async fn add_compose_version(&self, new: NewVersion) -> Result<(Compose, ComposeVersion)> {
+        self.write_records(move |tx| {
+            let record = composes::add_version(
+                tx,
+                &new.name,
+                new.description.as_deref(),
+                (&new.yaml, &new.resolved),
+                &new.secret_names,
+                new.sealed.as_deref(),
+                &new.actor,
+            )?;
+            let event = DeployEvent {
+                compose: new.name,
+                deployment: None,
+                status: None,
+            };
+            let value = (record.compose.clone(), record.version.clone());
+            Ok((value, Entry::ComposeVersion(Box::new(record)), event))
+        })
+        .await
+    }
+
+    /// Records a new deployment of `version` of `name`, deploying.
+    pub async fn add_deployment(&self, name: &str, version: u64, reason: &str, actor: &str) -> Result<Deployment> {
+        let (name, reason, actor) = (name.to_owned(), reason.to_owned(), actor.to_owned());
+        self.write_records(move |tx| {
+            let compose = composes::compose(tx, &name)?;
+            composes::version(tx, &compose, version)?;
+            let d = composes::add_deployment(tx, &compose, version, &reason, &actor)?;
+            Ok((d.clone(), Entry::Deployment(Box::new(d.clone())), deploy_event(&d)))
+        })
+        .await
+    }
+
+    /// Writes what changed of a deployment (status, detail, images,
+    /// output, health); its identity and origin stay as recorded.
+    pub async fn save_deployment(&self, mut d: Deployment) -> Result<Deployment> {
+        self.write_records(move |tx| {
+            composes::deployment(tx, d.id)?;
+            d.updated_at = now();
+            composes::put_deployment(tx, &d)?;
+            let d = composes::deployment(tx, d.id)?;
+            Ok((d.clone(), Entry::Deployment(Box::new(d.clone())), deploy_event(&d)))
+        })
+        .await
+    }
+
+    /// Removes compose `name` with its versions and deployments.
+    pub async fn remove_compose(&self, name: &str) -> Result<()> {
+        let name = name.to_owned();
+        self.write_records(move |tx| {
+            composes::remove(tx, &name)?;
+            let event = DeployEvent {
+                compose: name.clone(),
+                deployment: None,
+                status: None,
+            };
+            Ok(((), Entry::ComposeRemoved(name), event))
+        })
+        .await
+    }
+
+    pub async fn composes(&self) -> Result<Vec<Compose>> {
+        self.with(|c| composes::composes(c)).await
+    }
+
+    pub async fn compose(&self, name: &str) -> Result<Compose> {
+        let name = name.to_owned();
+        self.with(move |c| composes::compose(c, &name)).await
+    }
+
+    /// Every version of compose `name`, newest first.
+    pub async fn compose_versions(&self, name: &str) -> Result<Vec<ComposeVersion>> {
+        let name = name.to_owned();
+        self.with(move |c| composes::versions(c, &composes::compose(c, &name)?))
+            .await
+    }
+
+    /// Version `version` of compose `name`, with its sealed secrets.
+    pub async fn compose_version(&self, name: &str, version: u64) -> Result<(ComposeVersion, Option<Vec<u8>>)> {
+        let name = name.to_owned();
+        self.with(move |c| composes::version(c, &composes::compose(c, &name)?, version))
+            .await
+    }
+
+    /// Deployments of compose `name`, newest first, at most `limit`.
+    pub async fn deployments(&self, name: &str, limit: usize) -> Result<Vec<Deployment>> {
+        let name = name.to_owned();
+        let limit = limit.clamp(1, MAX_HISTORY);
+        self.with(move |c| composes::deployments(c, &composes::compose(c, &name)?, limit))
+            .await
+    }
+
+    pub async fn deployment(&self, id: u64) -> Result<Deployment> {
+        self.with(move |c| composes::deployment(c, id)).await
+    }
+
+    /// Deployments a stopped relay left pending or deploying.
+    pub async fn unfinished_deployments(&self) -> Result<Vec<Deployment>> {
+        self.with(|c| composes::unfinished(c)).await
+    }
+
     pub async fn list(&self) -> Result<Vec<Route>> {
         self.with(|c| routes::load_routes(c)).await
     }
@@ -538,6 +667,28 @@ impl Store {
             routes::insert_new(tx, new)
         })
         .await
+    }
+}
+
+/// A compose version to write.
+#[derive(Debug, Clone, Default)]
+pub struct NewVersion {
+    pub name: String,
+    /// `None` keeps the compose's description.
+    pub description: Option<String>,
+    pub yaml: String,
+    pub resolved: String,
+    pub secret_names: Vec<String>,
+    /// The secrets' values, sealed.
+    pub sealed: Option<Vec<u8>>,
+    pub actor: String,
+}
+
+fn deploy_event(d: &Deployment) -> DeployEvent {
+    DeployEvent {
+        compose: d.compose.clone(),
+        deployment: Some(d.id),
+        status: Some(d.status),
     }
 }
 

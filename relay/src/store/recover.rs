@@ -11,6 +11,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::backup;
 use super::changes::current_version;
+use super::composes;
 use super::files::{self, StoreFiles, sync_dir};
 use super::integrity;
 use super::journal::{self, Entry, Journal, Scan, Tail};
@@ -394,6 +395,7 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
             seeds::record(&tx, &s.host, &s.path, &s.target)?;
             seed_count += 1;
         }
+        composes::replay(&tx, entry)?;
     }
     // Results about targets that may have changed since: checks run again.
     tx.execute("DELETE FROM health_checks", []).map_err(db)?;
@@ -414,6 +416,7 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
             if let Entry::Seed(s) = entry {
                 seeds::record(&conn, &s.host, &s.path, &s.target)?;
             }
+            composes::replay(&conn, entry)?;
         }
         version = current_version(&conn)?;
         routes = load_routes(&conn)?;

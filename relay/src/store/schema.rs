@@ -96,6 +96,51 @@ INSERT OR IGNORE INTO seeds (host, path, target, applied_at)
     r#"
 ALTER TABLE routes ADD COLUMN owner TEXT;
 "#,
+    // Compose deployments. The first migration's tables for them were
+    // never written to; they are replaced by ones shaped for immutable
+    // versions and deployment records (`deployments` keeps an integer
+    // `id`, which `health_checks.deployment_id` refers to).
+    r#"
+DROP TABLE IF EXISTS deployment_logs;
+DROP TABLE IF EXISTS deployments;
+DROP TABLE IF EXISTS composes;
+CREATE TABLE composes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+DROP TABLE IF EXISTS compose_versions;
+CREATE TABLE compose_versions (
+    compose_id INTEGER NOT NULL REFERENCES composes (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    yaml TEXT NOT NULL,
+    resolved TEXT NOT NULL,
+    secret_names TEXT NOT NULL DEFAULT '[]',
+    sealed_secrets BLOB,
+    actor TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (compose_id, version)
+);
+CREATE TABLE deployments (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    compose_id INTEGER NOT NULL REFERENCES composes (id) ON DELETE CASCADE,
+    version INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    images TEXT NOT NULL DEFAULT '{}',
+    output TEXT NOT NULL DEFAULT '',
+    health TEXT NOT NULL DEFAULT '[]',
+    actor TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS deployments_by_compose ON deployments (compose_id, id);
+"#,
 ];
 
 /// Brings the schema of `conn` (the file at `path`) up to date. A store

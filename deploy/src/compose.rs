@@ -71,18 +71,22 @@ pub struct Output {
 pub struct ComposeCli {
     /// The program and the arguments before compose's own.
     program: Vec<String>,
+    /// The engine it talks to (`DOCKER_HOST`): the one the relay follows.
+    docker_host: String,
     /// What `version` printed.
     pub version: String,
 }
 
 impl ComposeCli {
-    /// `docker compose` if the v2 plugin answers, else `docker-compose`.
-    pub async fn detect() -> Result<ComposeCli, Error> {
+    /// `docker compose` if the v2 plugin answers, else `docker-compose`;
+    /// either talks to the engine at `socket`.
+    pub async fn detect(socket: &Path) -> Result<ComposeCli, Error> {
         let mut tried = Vec::new();
         for program in [vec!["docker", "compose"], vec!["docker-compose"]] {
             let program: Vec<String> = program.into_iter().map(str::to_owned).collect();
             let cli = ComposeCli {
                 program,
+                docker_host: format!("unix://{}", socket.display()),
                 version: String::new(),
             };
             match cli.run(&["version"], None, QUICK).await {
@@ -189,6 +193,7 @@ impl ComposeCli {
             // Plain output, whatever the terminal.
             .env("COMPOSE_ANSI", "never")
             .env("COMPOSE_PROGRESS", "plain")
+            .env("DOCKER_HOST", &self.docker_host)
             .kill_on_drop(true);
         if let Some(dir) = dir {
             cmd.current_dir(dir);

@@ -10,8 +10,10 @@ use ops::{AdminToken, TokenLookup};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::deployer::Apply;
 use crate::error::{Error, Result};
 use crate::model::{Change, HealthStatus, NewRoute, Route, RoutePatch};
+use crate::records::{ComposeVersion, Deployment};
 
 /// Environment variable that may hold the relay's admin token itself.
 pub const TOKEN_ENV: &str = "ROUTEHUB_ADMIN_TOKEN";
@@ -120,5 +122,93 @@ impl AdminClient {
 
     pub async fn status(&self) -> Result<Value> {
         self.call(Method::GET, "/api/status", None).await
+    }
+
+    /// Starts a deployment of `apply`; returns its record (deploying).
+    pub async fn apply(&self, apply: &Apply) -> Result<Deployment> {
+        let body = serde_json::json!({
+            "name": apply.name, "yaml": apply.yaml, "description": apply.description,
+            "secrets": apply.secrets, "auto_rollback": apply.auto_rollback,
+            "ready_timeout_secs": apply.ready_timeout_secs,
+        });
+        self.call(Method::POST, "/api/composes", Some(body)).await
+    }
+
+    /// Starts a rollback of `name` (to `version`, or the one before).
+    pub async fn rollback_compose(&self, name: &str, version: Option<u64>) -> Result<Deployment> {
+        let body = serde_json::json!({ "version": version });
+        self.call(Method::POST, &format!("/api/composes/{name}/rollback"), Some(body))
+            .await
+    }
+
+    pub async fn deployment(&self, id: u64) -> Result<Deployment> {
+        self.call(Method::GET, &format!("/api/deployments/{id}"), None).await
+    }
+
+    /// Polls deployment `id` until it is over, at most `within`; the last
+    /// record either way (`Err` only when the API can't be read).
+    pub async fn wait_deployment(&self, id: u64, within: std::time::Duration) -> Result<Deployment> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let d = self.deployment(id).await?;
+            if d.status.is_final() || tokio::time::Instant::now() >= deadline {
+                return Ok(d);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    }
+
+    pub async fn composes(&self) -> Result<Vec<Value>> {
+        self.call(Method::GET, "/api/composes", None).await
+    }
+
+    /// One compose: its record, what serves, its services now.
+    pub async fn compose_status(&self, name: &str) -> Result<Value> {
+        self.call(Method::GET, &format!("/api/composes/{name}"), None).await
+    }
+
+    /// Deployments of `name`, newest first (without output and health).
+    pub async fn deployments(&self, name: &str, limit: usize) -> Result<Vec<Value>> {
+        self.call(
+            Method::GET,
+            &format!("/api/composes/{name}/deployments?limit={limit}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn compose_version(&self, name: &str, version: u64) -> Result<ComposeVersion> {
+        self.call(Method::GET, &format!("/api/composes/{name}/versions/{version}"), None)
+            .await
+    }
+
+    /// Unified diff of two versions of `name`.
+    pub async fn diff(&self, name: &str, from: u64, to: u64) -> Result<String> {
+        let v: Value = self
+            .call(
+                Method::GET,
+                &format!("/api/composes/{name}/diff?from={from}&to={to}"),
+                None,
+            )
+            .await?;
+        Ok(v["diff"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// The last `tail` log lines of each container of `name` (of `service`).
+    pub async fn logs(&self, name: &str, service: Option<&str>, tail: usize) -> Result<Vec<String>> {
+        let service = service.map(|s| format!("&service={s}")).unwrap_or_default();
+        let v: Value = self
+            .call(
+                Method::GET,
+                &format!("/api/composes/{name}/logs?tail={tail}{service}"),
+                None,
+            )
+            .await?;
+        Ok(serde_json::from_value(v["lines"].clone()).unwrap_or_default())
+    }
+
+    /// Takes compose `name` down and forgets it.
+    pub async fn remove_compose(&self, name: &str) -> Result<Value> {
+        self.call(Method::DELETE, &format!("/api/composes/{name}"), None).await
     }
 }

@@ -74,6 +74,20 @@ fn yes() -> bool {
     true
 }
 
+impl Apply {
+    /// `yaml` as compose `name`, with the defaults.
+    pub fn new(name: &str, yaml: &str) -> Apply {
+        Apply {
+            name: name.to_owned(),
+            yaml: yaml.to_owned(),
+            description: None,
+            secrets: BTreeMap::new(),
+            auto_rollback: true,
+            ready_timeout_secs: None,
+        }
+    }
+}
+
 /// What runs deployments.
 pub struct Deployer {
     store: Store,
@@ -152,7 +166,7 @@ impl Deployer {
     /// The compose CLI, or why there is none.
     pub async fn cli(&self) -> Result<&ComposeCli> {
         self.cli
-            .get_or_init(|| async { ComposeCli::detect().await.map_err(|e| e.to_string()) })
+            .get_or_init(|| async { ComposeCli::detect(&self.socket).await.map_err(|e| e.to_string()) })
             .await
             .as_ref()
             .map_err(|e| Error::Unavailable(e.clone()))
@@ -296,26 +310,28 @@ impl Deployer {
             let _claim = claim;
             let (name, id) = (d.compose.clone(), d.id);
             if let Err(e) = this.run(d, run).await {
-                tracing::warn!(compose = %name, deployment = id, error = %e, "deployment record not saved");
+                tracing::warn!(compose = %name, deployment = id, error = %e, "deployment: a record or the rollback after it failed");
             }
         });
         record
     }
 
-    /// Runs one deployment to its end and saves how it ended.
+    /// Runs one deployment to its end (its rollback included) and saves
+    /// how it ended: the record reads deploying until then.
     async fn run(&self, mut d: Deployment, run: Run) -> Result<()> {
-        let outcome = self.deploy(&mut d, &run).await;
-        if let Err(e) = &outcome {
+        if let Err(e) = self.deploy(&mut d, &run).await {
             d.status = DeployStatus::Failed;
             d.detail = e.to_string();
         }
-        d.output = keep_end(&d.output, MAX_DEPLOY_OUTPUT);
-        let failed = d.status == DeployStatus::Failed;
-        tracing::info!(compose = %d.compose, deployment = d.id, version = d.version, status = d.status.as_str(), detail = %d.detail, "deployment ended");
-        let d = self.store.save_deployment(d).await?;
-        if failed && run.auto_rollback {
-            self.after_failure(d, &run).await?;
+        if d.status == DeployStatus::Failed
+            && run.auto_rollback
+            && let Err(e) = self.after_failure(&mut d, &run).await
+        {
+            d.detail.push_str(&format!("; the rollback failed: {e}"));
         }
+        d.output = keep_end(&d.output, MAX_DEPLOY_OUTPUT);
+        tracing::info!(compose = %d.compose, deployment = d.id, version = d.version, status = d.status.as_str(), detail = %d.detail, "deployment ended");
+        self.store.save_deployment(d).await?;
         Ok(())
     }
 
@@ -368,9 +384,9 @@ impl Deployer {
                         (i.service, identity)
                     })
                     .collect();
-                d.status = DeployStatus::Healthy;
                 *d = self.store.save_deployment(d.clone()).await?;
                 self.retire(d, &engine, true).await?;
+                d.status = DeployStatus::Healthy;
             }
             Readiness::Failed(states) => {
                 d.status = DeployStatus::Failed;
@@ -386,7 +402,7 @@ impl Deployer {
 
     /// After a failed deployment: its generation goes; the previous
     /// healthy one serves, brought back (pinned) if it was stopped.
-    async fn after_failure(&self, mut d: Deployment, run: &Run) -> Result<()> {
+    async fn after_failure(&self, d: &mut Deployment, run: &Run) -> Result<()> {
         let cli = self.cli().await?;
         let engine = self.engine().await?;
         let project = project(&d.compose, d.generation)?;
@@ -396,14 +412,13 @@ impl Deployer {
             env: run.env.as_deref(),
         };
         let down = cli.down(&project, &spec, DOWN_TIMEOUT).await?;
-        d.output = keep_end(&format!("{}{}", d.output, down.text), MAX_DEPLOY_OUTPUT);
+        d.output.push_str(&down.text);
         let history = self.store.deployments(&d.compose, crate::store::MAX_HISTORY).await?;
         let Some(previous) = history
             .into_iter()
             .find(|p| p.id < d.id && p.status == DeployStatus::Healthy)
         else {
             d.detail.push_str("; nothing healthy before it to roll back to");
-            self.store.save_deployment(d).await?;
             return Ok(());
         };
         let previous_project = project_of(&previous)?;
@@ -421,11 +436,10 @@ impl Deployer {
                 env: env.as_deref(),
             };
             let up = cli.up(&previous_project, &spec, UP_TIMEOUT).await?;
-            d.output = keep_end(&format!("{}{}", d.output, up.text), MAX_DEPLOY_OUTPUT);
+            d.output.push_str(&up.text);
             if !up.ok {
                 d.detail
                     .push_str(&format!("; bringing deployment {} back failed too", previous.id));
-                self.store.save_deployment(d).await?;
                 return Ok(());
             }
         }
@@ -434,7 +448,6 @@ impl Deployer {
             "; deployment {} (version {}) serves",
             previous.id, previous.version
         ));
-        self.store.save_deployment(d).await?;
         Ok(())
     }
 

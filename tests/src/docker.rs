@@ -50,6 +50,20 @@ async fn build_image() -> Result<()> {
     Ok(())
 }
 
+/// Builds image `tag` from [`IMAGE`] with `/www/index.html` holding
+/// `body`: a web image whose content says which build it is.
+pub async fn build_web_image(tag: &str, body: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join("index.html"), format!("{body}\n"))?;
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {IMAGE}\nCOPY index.html /www/index.html\n"),
+    )?;
+    let context = dir.path().to_str().context("temp dir path")?;
+    docker(&["build", "-q", "-t", tag, context]).await?;
+    Ok(())
+}
+
 /// Runs `docker ARGS`; its stdout, or an error with its stderr.
 pub async fn docker(args: &[&str]) -> Result<String> {
     let out = tokio::time::timeout(Duration::from_secs(120), Command::new("docker").args(args).output())

@@ -48,7 +48,9 @@ impl Drop for Project {
 /// (outside CI). Under CI a missing compose CLI fails.
 async fn tools() -> Option<(ComposeCli, Engine)> {
     docker::engine().await.unwrap()?;
-    let cli = ComposeCli::detect().await.expect("a compose CLI");
+    let cli = ComposeCli::detect(Path::new(docker::SOCKET))
+        .await
+        .expect("a compose CLI");
     let engine = Engine::connect(Path::new(docker::SOCKET)).await.unwrap();
     Some((cli, engine))
 }

@@ -1,6 +1,7 @@
 //! The `routehub` binary: flags in, library calls out.
 
 mod demo;
+mod deploy_cli;
 mod gateway_cli;
 #[cfg(test)]
 mod overlay_tests;
@@ -41,6 +42,9 @@ enum Command {
     Relay(RelayArgs),
     /// Manage a running relay's routes (add, rm, edit, list, history, rollback).
     Routes(routes_cli::RoutesArgs),
+    /// Deploy Docker Compose apps on a running relay (apply, list, history,
+    /// diff, rollback, logs, status, rm).
+    Deploy(deploy_cli::DeployArgs),
     /// Create a relay key (prints the public key for the gateway), or with
     /// --user an end-user key (prints its public JWK).
     Keygen {
@@ -334,6 +338,7 @@ fn main() -> Result<()> {
             Command::Gateway(args) => run_gateway(*args).await,
             Command::Relay(args) => run_relay(args).await,
             Command::Routes(args) => routes_cli::run(args).await,
+            Command::Deploy(args) => deploy_cli::run(args).await,
             Command::Keygen {
                 out,
                 user: true,

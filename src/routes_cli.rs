@@ -9,10 +9,9 @@ use relay::client::{AdminClient, find_token};
 use relay::model::{ChangeAction, HealthCheck, NewRoute, Route, RoutePatch};
 use serde_json::Value;
 
+/// How the relay CLIs reach the relay's admin API.
 #[derive(Args)]
-pub struct RoutesArgs {
-    #[command(subcommand)]
-    command: RoutesCommand,
+pub struct AdminArgs {
     /// The relay's admin API.
     #[arg(long, global = true, default_value = "http://127.0.0.1:7070")]
     admin: String,
@@ -24,7 +23,22 @@ pub struct RoutesArgs {
     data_dir: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
-    json: bool,
+    pub json: bool,
+}
+
+impl AdminArgs {
+    pub fn client(&self) -> Result<AdminClient> {
+        let token = find_token(self.token_file.as_deref(), self.data_dir.as_deref())?;
+        Ok(AdminClient::new(&self.admin, token))
+    }
+}
+
+#[derive(Args)]
+pub struct RoutesArgs {
+    #[command(subcommand)]
+    command: RoutesCommand,
+    #[command(flatten)]
+    admin: AdminArgs,
 }
 
 #[derive(Subcommand)]
@@ -89,13 +103,13 @@ enum RoutesCommand {
 }
 
 pub async fn run(args: RoutesArgs) -> Result<()> {
-    let token = find_token(args.token_file.as_deref(), args.data_dir.as_deref())?;
-    let api = AdminClient::new(&args.admin, token);
+    let api = args.admin.client()?;
+    let json = args.admin.json;
     match args.command {
         RoutesCommand::List => {
             let routes = api.routes().await?;
             let health = api.health().await.unwrap_or_default();
-            if args.json {
+            if json {
                 return print_json(&serde_json::to_value(&routes)?);
             }
             let status = api.status().await.unwrap_or_default();
@@ -139,11 +153,11 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                 enabled: !disabled,
                 owner: None,
             };
-            written(&args.json, "added", api.add(&route, true).await?)?;
+            written(&json, "added", api.add(&route, true).await?)?;
         }
         RoutesCommand::Rm { route } => {
             let id = resolve(&api, &route).await?;
-            written(&args.json, "removed", api.remove(id, true).await?)?;
+            written(&json, "removed", api.remove(id, true).await?)?;
         }
         RoutesCommand::Edit {
             route,
@@ -179,11 +193,11 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                 },
                 owner: None,
             };
-            written(&args.json, "changed", api.update(id, &patch, true).await?)?;
+            written(&json, "changed", api.update(id, &patch, true).await?)?;
         }
         RoutesCommand::History { limit } => {
             let changes = api.history(limit).await?;
-            if args.json {
+            if json {
                 return print_json(&serde_json::to_value(&changes)?);
             }
             let rows: Vec<Vec<String>> = changes
@@ -199,7 +213,7 @@ pub async fn run(args: RoutesArgs) -> Result<()> {
                 .collect();
             print_table(&["VERSION", "AT", "BY", "CHANGE"], &rows);
         }
-        RoutesCommand::Rollback { version } => written(&args.json, "rolled back", api.rollback(version, true).await?)?,
+        RoutesCommand::Rollback { version } => written(&json, "rolled back", api.rollback(version, true).await?)?,
     }
     Ok(())
 }
@@ -338,12 +352,12 @@ fn describe(action: ChangeAction, before: &Value, after: &Value) -> String {
     }
 }
 
-fn print_json(v: &Value) -> Result<()> {
+pub fn print_json(v: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v).context("JSON output")?);
     Ok(())
 }
 
-fn print_table(header: &[&str], rows: &[Vec<String>]) {
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -140,6 +140,40 @@ impl AdminClient {
             .map_err(|_| unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
     }
 
+    /// A GET whose answer goes on (an event stream): the status within
+    /// [`CALL_TIMEOUT`], then the body as it comes, for as long as the
+    /// server sends it. A non-2xx answer is [`Error::Api`].
+    pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming> {
+        let req = Request::get(format!("{}{path}", self.base))
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token.secret()))
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| Error::BadExchange {
+                base: self.base.clone(),
+                reason: format!("bad request: {e}"),
+            })?;
+        let unreachable = |reason: String| Error::Unreachable {
+            base: self.base.clone(),
+            reason,
+        };
+        let resp = tokio::time::timeout(CALL_TIMEOUT, self.http.request(req))
+            .await
+            .map_err(|_| unreachable(format!("no answer within {CALL_TIMEOUT:?}")))?
+            .map_err(|e| unreachable(format!("{e}; is it running?")))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = tokio::time::timeout(CALL_TIMEOUT, Limited::new(resp.into_body(), 64 * 1024).collect())
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let message = json["error"].as_str().unwrap_or("no details").to_owned();
+            return Err(Error::Api { status, message });
+        }
+        Ok(resp.into_body())
+    }
+
     /// A call with the token whose 2xx answer is a `T`; any other status is
     /// [`Error::Api`] with the API's `error` message.
     pub async fn call<T: DeserializeOwned>(&self, method: Method, path: &str, body: Option<Value>) -> Result<T> {

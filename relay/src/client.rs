@@ -207,6 +207,19 @@ impl AdminClient {
         Ok(serde_json::from_value(v["lines"].clone()).unwrap_or_default())
     }
 
+    /// The logs of `name` (of `service`) as they come: the body of a
+    /// `text/event-stream`, `data:` lines.
+    pub async fn follow_logs(&self, name: &str, service: Option<&str>, tail: usize) -> Result<hyper::body::Incoming> {
+        let service = service.map(|s| format!("&service={s}")).unwrap_or_default();
+        self.api
+            .stream(&format!("/api/composes/{name}/logs?follow=1&tail={tail}{service}"))
+            .await
+            .map_err(|e| match e {
+                ops::Error::Api { status, message } if status == StatusCode::NOT_FOUND => Error::NotFound(message),
+                other => Error::Ops(other),
+            })
+    }
+
     /// Takes compose `name` down and forgets it.
     pub async fn remove_compose(&self, name: &str) -> Result<Value> {
         self.call(Method::DELETE, &format!("/api/composes/{name}"), None).await

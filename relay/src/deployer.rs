@@ -32,6 +32,8 @@ use crate::secrets::{self, SecretKey};
 use crate::status::Status;
 use crate::store::{NewVersion, Store, now};
 
+/// Largest compose file a deployment takes.
+pub const MAX_COMPOSE_FILE: usize = deploy::compose::MAX_COMPOSE_FILE;
 /// How long `up` may take (it pulls what is missing).
 const UP_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long `down` may take.

@@ -209,7 +209,10 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     let lines = api.logs(&name, Some("init"), 50).await.unwrap();
     assert!(lines.iter().any(|l| l.contains("init | init-done")), "{lines:?}");
     let unknown = api.logs(&name, Some("nope"), 50).await.unwrap_err().to_string();
-    assert!(unknown.contains("no service") && unknown.contains("web"), "{unknown}");
+    assert!(
+        unknown.contains("\"nope\"") && unknown.contains("its services: init, web"),
+        "{unknown}"
+    );
 
     // Removed: every generation goes, and so does the route.
     api.remove_compose(&name).await.unwrap();

@@ -235,7 +235,7 @@ async fn logs(deployer: &Deployer, admin: &Admin, name: &str, req: &Request<Inco
         return error_response(
             StatusCode::NOT_FOUND,
             format!(
-                "{name} has no service {:?} (its services: {})",
+                "service {:?} in {name} (its services: {})",
                 service.unwrap_or_default(),
                 known.join(", ")
             ),

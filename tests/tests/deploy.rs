@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use harness::browser::Browser;
 use harness::docker::{self, IMAGE};
 use harness::{TestNet, wait_until};
 use http::StatusCode;
@@ -65,6 +66,12 @@ fn compose_name(test: &str) -> (String, Cleanup) {
 
 /// A gateway, and a relay that follows the engine at `socket` and deploys.
 async fn net_and_relay(socket: &std::path::Path) -> (TestNet, Relay, AdminClient) {
+    let (net, relay, api, _) = net_relay_and_dir(socket).await;
+    (net, relay, api)
+}
+
+/// [`net_and_relay`], and the relay's data dir.
+async fn net_relay_and_dir(socket: &std::path::Path) -> (TestNet, Relay, AdminClient, std::path::PathBuf) {
     harness::init();
     let net = TestNet::builder().key("a", &["*.label.test"]).start().await.unwrap();
     let config = RelayConfig {
@@ -77,7 +84,7 @@ async fn net_and_relay(socket: &std::path::Path) -> (TestNet, Relay, AdminClient
     relay.wait_ready(1, Duration::from_secs(10)).await.unwrap();
     let token = ops::AdminToken::load_or_create(&config.data_dir).unwrap();
     let api = AdminClient::new(&format!("http://{}", relay.admin_addr().unwrap()), token);
-    (net, relay, api)
+    (net, relay, api, config.data_dir)
 }
 
 /// A web service of `image` at `host` with a healthcheck, and a one-shot
@@ -384,4 +391,90 @@ async fn the_engine_going_away_mid_deploy_fails_the_deployment_rather_than_leavi
         .to_string();
     assert!(bad_name.contains("invalid name"), "{bad_name}");
     assert_eq!(api.deployments(&name, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_composes_their_history_diff_and_live_logs_and_rolls_back() {
+    let Some(_engine) = docker::engine().await.unwrap() else {
+        return;
+    };
+    let (name, _cleanup) = compose_name("ui");
+    let (_net, relay, api, data_dir) = net_relay_and_dir(docker::SOCKET.as_ref()).await;
+    let tag = format!("routehub-test-deploy-ui:{}", std::process::id());
+    let host = format!("{name}.label.test");
+    docker::build_web_image(&tag, "ui").await.unwrap();
+    let d1 = deployed(&api, &Apply::new(&name, &web_yaml(&tag, &host, ""))).await;
+    assert_eq!(d1.status, DeployStatus::Healthy, "{}", d1.detail);
+    let v2 = web_yaml(&tag, &host, "    environment:\n      RELEASE: \"2\"\n");
+    let d2 = deployed(&api, &Apply::new(&name, &v2)).await;
+    assert_eq!(d2.status, DeployStatus::Healthy, "{}", d2.detail);
+
+    let Some(browser) = Browser::launch().await.unwrap() else {
+        return;
+    };
+    let mut page = browser.dashboard(&relay, &data_dir).await.unwrap();
+    let row = format!("document.querySelector('#composes [data-compose=\"{name}\"]')");
+    let listed = page
+        .wait_for(&format!("{row} && {row}.innerText"), Duration::from_secs(15))
+        .await
+        .unwrap();
+    let listed = listed.as_str().unwrap_or_default().to_owned();
+    assert!(listed.contains("version 2") && listed.contains("healthy"), "{listed}");
+
+    // Open it: services, history, live logs.
+    page.eval(&format!("{row}.querySelector('button').click()"))
+        .await
+        .unwrap();
+    page.wait_for(
+        "document.querySelectorAll('#deployments tbody tr').length === 2",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let services = page
+        .wait_for(
+            "(t => t.includes('completed') && t)(document.querySelector('#services').innerText)",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(services.as_str().unwrap().contains("healthy"), "{services}");
+    page.wait_for(
+        "document.querySelector('#logs').textContent.includes('init | init-done')",
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    // Diff of the two versions.
+    page.eval(
+        "(() => { const f = document.querySelector('#diff-form'); f.from.value = 1; f.to.value = 2; f.requestSubmit(); })()",
+    )
+    .await
+    .unwrap();
+    let diff = page
+        .wait_for(
+            "(t => t.includes('RELEASE') && t)(document.querySelector('#diff').innerText)",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(diff.as_str().unwrap().contains("+      RELEASE: \"2\""), "{diff}");
+
+    // Roll back from the history; the page follows it to healthy.
+    page.eval(
+        "(() => { window.confirm = () => true; [...document.querySelectorAll('#deployments button')].find(b => b.textContent === 'Roll back to version 1').click(); })()",
+    )
+    .await
+    .unwrap();
+    page.wait_for(
+        "[...document.querySelectorAll('#deployments tbody tr')].some(r => r.innerText.includes('rollback to version 1') && r.innerText.includes('healthy'))",
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let history = api.deployments(&name, 5).await.unwrap();
+    assert_eq!(history[0]["reason"], "rollback to version 1");
+    assert_eq!(history[0]["status"], "healthy");
+    let _ = docker::docker(&["rmi", &tag]).await;
 }

@@ -135,14 +135,18 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
         return;
     };
     let (name, _cleanup) = compose_name("cycle");
-    let (net, _relay, api) = net_and_relay(docker::SOCKET.as_ref()).await;
+    let (net, _relay, api, data_dir) = net_relay_and_dir(docker::SOCKET.as_ref()).await;
     let tag = format!("routehub-test-deploy:{}", std::process::id());
     let host = format!("{name}.label.test");
     docker::build_web_image(&tag, "one").await.unwrap();
 
-    // Version 1: both services come up; the one-shot is completed.
-    let mut apply = Apply::new(&name, &web_yaml(&tag, &host, ""));
+    // Version 1: both services come up; the one-shot is completed. A
+    // secret reaches the container and nothing else.
+    let secret = format!("s3cret-{}-value", std::process::id());
+    let with_secret = "    environment:\n      APP_TOKEN: \"${APP_TOKEN}\"\n";
+    let mut apply = Apply::new(&name, &web_yaml(&tag, &host, with_secret));
     apply.description = Some("the cycle test".into());
+    apply.secrets.insert("APP_TOKEN".into(), secret.clone());
     let d1 = deployed(&api, &apply).await;
     assert_eq!(d1.status, DeployStatus::Healthy, "{}: {}", d1.detail, d1.output);
     let states: Vec<(&str, &str)> = d1
@@ -159,6 +163,28 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     assert!(d1.images["web"].id.starts_with("sha256:"), "{:?}", d1.images);
     assert!(!d1.output.is_empty());
     assert!(serves(&net, &host, "one").await, "version 1 through the gateway");
+    let container_env = |generation: u64| {
+        let container = format!("routehub_{name}_{generation}_web_1");
+        async move { docker::docker(&["inspect", "-f", "{{json .Config.Env}}", &container]).await }
+    };
+    assert!(
+        container_env(1).await.unwrap().contains(&secret),
+        "the secret reaches the container"
+    );
+    let v1 = api.compose_version(&name, 1).await.unwrap();
+    assert_eq!(v1.secret_names, ["APP_TOKEN"]);
+    assert!(
+        !v1.resolved.contains(&secret) && v1.resolved.contains(relay::records::MASK),
+        "masked in the resolved config: {}",
+        v1.resolved
+    );
+    for file in ["relay.db", "relay.db-wal", "relay.journal", "relay.backup"] {
+        let bytes = std::fs::read(data_dir.join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret is in {file}"
+        );
+    }
 
     // Version 2: the tag now names another build; a second apply while it
     // deploys is refused, not interleaved.
@@ -199,6 +225,10 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     assert_eq!(d3.reason, "rollback to version 1");
     assert_eq!(d3.images["web"].id, d1.images["web"].id, "pinned to version 1's image");
     assert!(serves(&net, &host, "one").await, "the rolled-back build serves");
+    assert!(
+        container_env(3).await.unwrap().contains(&secret),
+        "a rollback brings its version's secrets"
+    );
 
     // The records: three deployments, two versions, each as it was.
     let history = api.deployments(&name, 10).await.unwrap();
@@ -206,6 +236,7 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     assert_eq!(ids, [d3.id, d2.id, d1.id]);
     let v1 = api.compose_version(&name, 1).await.unwrap();
     assert_eq!(v1.yaml, apply.yaml);
+    assert!(!format!("{history:?}").contains(&secret));
     assert!(v1.resolved.contains(&host), "{}", v1.resolved);
     let listed = api.composes().await.unwrap();
     let me = listed.iter().find(|c| c["name"] == name.as_str()).unwrap();

@@ -344,3 +344,51 @@ async fn a_foreign_journal_is_refused_and_recovery_keeps_the_store_that_holds_ev
     assert_eq!(store.list().await.unwrap(), routes);
     assert_eq!(store.version().await.unwrap(), (2, checksum));
 }
+
+#[tokio::test]
+async fn compose_versions_and_deployments_are_journaled_and_recovered() {
+    use crate::records::DeployStatus;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let (deployment, removed_after) = {
+        let store = Store::open(&path).unwrap();
+        store.add(route("a.test"), "api").await.unwrap();
+        let version = |name: &str, yaml: &str| NewVersion {
+            name: name.into(),
+            yaml: yaml.into(),
+            resolved: yaml.into(),
+            secret_names: vec!["TOKEN".into()],
+            sealed: Some(vec![1, 2, 3]),
+            actor: "api".into(),
+            ..Default::default()
+        };
+        store.add_compose_version(version("web", "v1")).await.unwrap();
+        let (c, v2) = store.add_compose_version(version("web", "v2")).await.unwrap();
+        assert_eq!((c.version, v2.version), (2, 2));
+        let mut d = store.add_deployment("web", 2, "apply", "api").await.unwrap();
+        assert_eq!((d.status, d.generation), (DeployStatus::Deploying, 1));
+        d.status = DeployStatus::Healthy;
+        d.output = "Creating web ... done".into();
+        let d = store.save_deployment(d).await.unwrap();
+        store.add_compose_version(version("gone", "x")).await.unwrap();
+        store.remove_compose("gone").await.unwrap();
+        (d, store.compose("gone").await.is_err())
+    };
+    assert!(removed_after);
+    // relay.db is destroyed: backup (taken at open, before any of it) and
+    // journal bring every record back.
+    std::fs::write(&path, b"").unwrap();
+    recover(&path).unwrap();
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.compose("web").await.unwrap().version, 2);
+    let (v1, sealed) = store.compose_version("web", 1).await.unwrap();
+    assert_eq!((v1.yaml.as_str(), sealed), ("v1", Some(vec![1, 2, 3])));
+    assert_eq!(store.deployment(deployment.id).await.unwrap(), deployment);
+    assert!(store.compose("gone").await.is_err(), "a removal is replayed too");
+    // And goes on: the next deployment is the next generation.
+    let next = store
+        .add_deployment("web", 1, "rollback to version 1", "api")
+        .await
+        .unwrap();
+    assert_eq!(next.generation, 2);
+}

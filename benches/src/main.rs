@@ -7,8 +7,10 @@
 //! table to the terminal and `results.json` + `chart.png` under
 //! `<target dir>/bench-report/`.
 
+mod admin;
 mod backend;
 mod chart;
+mod deploys;
 mod load;
 mod procs;
 mod propagation;
@@ -39,7 +41,8 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Run only these cases (repeatable): direct, routehub-quic,
-    /// routehub-tcp, rathole, rathole-noise, bore, propagation, sessions.
+    /// routehub-tcp, rathole, rathole-noise, bore, propagation, sessions,
+    /// deploy.
     #[arg(long)]
     only: Vec<String>,
     /// Where the report goes [default: <target dir>/bench-report].
@@ -51,6 +54,9 @@ struct Cli {
     /// Route changes for the propagation benchmark.
     #[arg(long, default_value_t = 200)]
     changes: usize,
+    /// Containers for the deploy benchmark's ready-to-routed figure.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
     /// Idle relay sessions on one gateway [default: 10000, quick: 1000].
     #[arg(long)]
     sessions: Option<usize>,
@@ -165,8 +171,11 @@ fn start_backend(cpus: &str) -> Result<(Child, SocketAddr)> {
 async fn run(cli: Cli, plan: Plan) -> Result<()> {
     let only: Vec<String> = cli.only.iter().flat_map(|o| o.split(',')).map(str::to_owned).collect();
     for o in &only {
-        if !CASES.contains(&o.as_str()) && o != "propagation" && o != "sessions" {
-            bail!("unknown case {o:?}; cases: {}, propagation, sessions", CASES.join(", "));
+        if !CASES.contains(&o.as_str()) && !["propagation", "sessions", "deploy"].contains(&o.as_str()) {
+            bail!(
+                "unknown case {o:?}; cases: {}, propagation, sessions, deploy",
+                CASES.join(", ")
+            );
         }
     }
     let wanted = |c: &str| only.is_empty() || only.iter().any(|o| o == c);
@@ -184,7 +193,7 @@ async fn run(cli: Cli, plan: Plan) -> Result<()> {
 
     let mut report = Report::new(plan.clone());
     for case in CASES {
-        let needs_for_prop = *case == "routehub-quic" && wanted("propagation");
+        let needs_for_prop = *case == "routehub-quic" && (wanted("propagation") || wanted("deploy"));
         if !wanted(case) && !needs_for_prop {
             continue;
         }
@@ -209,7 +218,26 @@ async fn run(cli: Cli, plan: Plan) -> Result<()> {
             measure(&running, &plan, &mut result).await;
             report.cases.push(result);
         }
-        if needs_for_prop && let Some((admin, token)) = &running.relay_admin {
+        if needs_for_prop
+            && wanted("deploy")
+            && let Some((admin, token)) = &running.relay_admin
+        {
+            eprintln!(
+                "[deploy] {} labelled containers, then a blue-green redeploy under load",
+                cli.rounds
+            );
+            match deploys::run(&running.endpoint, *admin, token, cli.rounds).await {
+                Ok(d) => report.deploy = Some(d),
+                Err(e) => {
+                    eprintln!("[deploy] failed: {e:#}");
+                    report.deploy_error = Some(format!("{e:#}"));
+                }
+            }
+        }
+        if needs_for_prop
+            && wanted("propagation")
+            && let Some((admin, token)) = &running.relay_admin
+        {
             eprintln!("[propagation] {} route changes", plan.changes);
             match propagation::run(&running.endpoint, *admin, token, backend, plan.changes).await {
                 Ok(p) => report.propagation = Some(p),

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Empty};
 
+use crate::admin::Admin;
 use crate::load::{Endpoint, Percentiles, percentiles};
 
 /// Host of the propagation routes (covered by the bench key's `*.bench.test`).
@@ -32,40 +32,16 @@ pub struct Propagation {
     pub admin_call: Percentiles,
 }
 
-struct Admin {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
-    token: String,
-}
-
-impl Admin {
-    async fn connect(addr: SocketAddr, token: String) -> Result<Admin> {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(conn);
-        Ok(Admin { send, addr, token })
+/// Adds the propagation route `path`; with `wait`, answered once the
+/// gateways have it.
+async fn add_route(admin: &mut Admin, path: &str, target: &str, wait: bool) -> Result<()> {
+    let body = serde_json::json!({ "host": PROP_HOST, "path": path, "target": target });
+    let uri = if wait { "/api/routes?wait=1" } else { "/api/routes" };
+    let (status, reply) = admin.call(Method::POST, uri, Some(body)).await?;
+    if status != StatusCode::CREATED {
+        bail!("adding route {path}: {status} {reply}");
     }
-
-    async fn add_route(&mut self, path: &str, target: &str, wait: bool) -> Result<()> {
-        let body = serde_json::json!({ "host": PROP_HOST, "path": path, "target": target });
-        let uri = if wait { "/api/routes?wait=1" } else { "/api/routes" };
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .header(http::header::HOST, self.addr.to_string())
-            .header(http::header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body.to_string())))?;
-        self.send.ready().await?;
-        let resp = self.send.send_request(req).await?;
-        let status = resp.status();
-        let text = resp.into_body().collect().await?.to_bytes();
-        if status != StatusCode::CREATED {
-            bail!("adding route {path}: {status} {}", String::from_utf8_lossy(&text));
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Runs `changes` rounds against a running Routehub.
@@ -79,7 +55,7 @@ pub async fn run(
     let target = format!("http://{backend}");
     let mut admin = Admin::connect(admin_addr, token.to_owned()).await?;
     // A first route so the gateway knows the host (and has its certificate).
-    admin.add_route("/warm", &target, true).await?;
+    add_route(&mut admin, "/warm", &target, true).await?;
     let ep = gateway.with_host(PROP_HOST)?;
     let mut h2 = None;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -109,7 +85,7 @@ pub async fn run(
             bail!("{PROP_HOST}{path} answered before its route existed; expected 404");
         }
         let t0 = Instant::now();
-        admin.add_route(&path, &target, false).await?;
+        add_route(&mut admin, &path, &target, false).await?;
         calls.push(t0.elapsed().as_micros() as u64);
         loop {
             let status = get(&path).await?;

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use crate::Plan;
+use crate::deploys::DeployBench;
 use crate::load::Percentiles;
 use crate::propagation::Propagation;
 use crate::sessions::Sessions;
@@ -64,6 +65,8 @@ pub struct Report {
     pub cases: Vec<CaseResult>,
     pub propagation: Option<Propagation>,
     pub propagation_error: Option<String>,
+    pub deploy: Option<DeployBench>,
+    pub deploy_error: Option<String>,
     pub sessions: Option<Sessions>,
     pub sessions_error: Option<String>,
 }
@@ -86,6 +89,8 @@ impl Report {
             cases: Vec::new(),
             propagation: None,
             propagation_error: None,
+            deploy: None,
+            deploy_error: None,
             sessions: None,
             sessions_error: None,
         }
@@ -223,6 +228,31 @@ impl Report {
         if let Some(e) = &self.propagation_error {
             let _ = writeln!(out, "\nPropagation failed: {e}");
         }
+        if let Some(d) = &self.deploy {
+            let _ = writeln!(
+                out,
+                "\nDeployments: container healthy -> first request routed through the gateway, {} containers: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                d.rounds,
+                d.ready_to_routed.p50_us / 1000.0,
+                d.ready_to_routed.p99_us / 1000.0,
+                d.ready_to_routed.max_us / 1000.0
+            );
+            let _ = writeln!(
+                out,
+                "Blue-green redeploy under load ({LOAD} connections): {} failed requests; {} requests during the switch ({:.1} s apply -> old generation stopped, +1 s), p50 {:.2} ms, p99 {:.2} ms (before: p50 {:.2} ms, p99 {:.2} ms)",
+                d.failed,
+                d.switch_requests,
+                d.redeploy_secs,
+                d.switch_latency.p50_us / 1000.0,
+                d.switch_latency.p99_us / 1000.0,
+                d.before_latency.p50_us / 1000.0,
+                d.before_latency.p99_us / 1000.0,
+                LOAD = crate::deploys::LOAD_CONNECTIONS
+            );
+        }
+        if let Some(e) = &self.deploy_error {
+            let _ = writeln!(out, "\nDeployments not measured: {e}");
+        }
         if let Some(s) = &self.sessions {
             let _ = writeln!(
                 out,
@@ -268,6 +298,8 @@ impl Report {
             "cases": cases,
             "propagation": self.propagation,
             "propagation_error": self.propagation_error,
+            "deploy": self.deploy,
+            "deploy_error": self.deploy_error,
             "sessions": self.sessions,
             "sessions_error": self.sessions_error,
         })

@@ -132,6 +132,8 @@ pub struct Event {
     pub action: String,
     /// The container's id.
     pub id: String,
+    /// Its compose project (`com.docker.compose.project`), if any.
+    pub project: Option<String>,
 }
 
 impl Event {
@@ -264,9 +266,15 @@ impl Engine {
         };
         self.docker.events(Some(options)).map(|e| {
             let e = e?;
+            let actor = e.actor.unwrap_or_default();
+            let project = actor
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get("com.docker.compose.project").cloned());
             Ok(Event {
                 action: e.action.unwrap_or_default(),
-                id: e.actor.and_then(|a| a.id).unwrap_or_default(),
+                id: actor.id.unwrap_or_default(),
+                project,
             })
         })
     }

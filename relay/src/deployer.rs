@@ -23,6 +23,7 @@ use deploy::compose::{ComposeCli, Spec, project};
 use deploy::{Engine, Readiness, ServiceState};
 use serde::Deserialize;
 use tokio::sync::{OnceCell, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::records::{
@@ -47,6 +48,8 @@ const MAX_READY_TIMEOUT: Duration = Duration::from_secs(3600);
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long the gateways may take to acknowledge the switch.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Waits between attempts to reach the engine for health events.
+const HEALTH_RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 /// After the switch, how long requests the old generation took before it
 /// may take to finish.
 const DRAIN: Duration = Duration::from_secs(2);
@@ -118,6 +121,8 @@ impl Drop for Claim {
 /// What one run needs besides its record.
 struct Run {
     yaml: String,
+    /// What `env` holds, to mask in what is saved.
+    secrets: BTreeMap<String, String>,
     env: Option<String>,
     pins: Option<String>,
     ready_timeout: Duration,
@@ -127,12 +132,14 @@ struct Run {
 impl Deployer {
     /// A deployer over `store`, sealing secrets with the key in
     /// `data_dir`. Deployments a stopped relay left under way are marked
-    /// failed; the compose CLI is looked for in the background.
+    /// failed; the compose CLI is looked for in the background, and the
+    /// serving deployments' health followed until `shutdown`.
     pub async fn start(
         store: Store,
         socket: PathBuf,
         data_dir: &std::path::Path,
         status: watch::Receiver<Status>,
+        shutdown: CancellationToken,
     ) -> Result<Arc<Deployer>> {
         let key = SecretKey::load_or_create(data_dir)?;
         for mut d in store.unfinished_deployments().await? {
@@ -158,7 +165,72 @@ impl Deployer {
                 Err(e) => tracing::warn!(error = %e, "deployments are off"),
             }
         });
+        let watch = deployer.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = watch.follow_health() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
         Ok(deployer)
+    }
+
+    /// Records every change of the serving deployments' services in their
+    /// health history, driven by the engine's events; after the engine
+    /// comes back, every one is read anew (what happened meanwhile).
+    async fn follow_health(&self) {
+        let mut wait = HEALTH_RETRY.0;
+        loop {
+            if let Ok(engine) = Engine::connect(&self.socket).await {
+                wait = HEALTH_RETRY.0;
+                let mut events = Box::pin(engine.container_events());
+                self.record_health(&engine, None).await;
+                while let Some(Ok(e)) = futures_util::StreamExt::next(&mut events).await {
+                    if let Some(p) = e.project.filter(|p| p.starts_with("routehub_")) {
+                        self.record_health(&engine, Some(&p)).await;
+                    }
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(HEALTH_RETRY.1);
+        }
+    }
+
+    /// Appends what changed to the health history of each serving
+    /// deployment (of `project` only, if given). A compose being deployed
+    /// is left to its deployment, which records its own.
+    async fn record_health(&self, engine: &Engine, project: Option<&str>) {
+        let Ok(composes) = self.store.composes().await else {
+            return;
+        };
+        for c in composes {
+            if self.under_way(&c.name).is_some() {
+                continue;
+            }
+            let Ok(history) = self.store.deployments(&c.name, crate::store::MAX_HISTORY).await else {
+                continue;
+            };
+            let Some(mut live) = history.into_iter().find(|d| d.status == DeployStatus::Healthy) else {
+                continue;
+            };
+            let Ok(p) = project_of(&live) else { continue };
+            if project.is_some_and(|want| want != p) {
+                continue;
+            }
+            let Ok(states) = engine.project(&p).await else { return };
+            let mut last: BTreeMap<String, String> = BTreeMap::new();
+            for e in &live.health {
+                last.insert(e.service.clone(), e.state.clone());
+            }
+            let before = live.health.clone();
+            record_transitions(&mut last, &mut live.health, &states);
+            if live.health != before {
+                tracing::info!(compose = %c.name, deployment = live.id, services = %describe(&states), "service health changed");
+                if let Err(e) = self.store.save_deployment(live).await {
+                    tracing::warn!(compose = %c.name, error = %e, "health history not saved");
+                }
+            }
+        }
     }
 
     fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
@@ -258,6 +330,7 @@ impl Deployer {
             .await?;
         let run = Run {
             yaml: apply.yaml,
+            secrets: apply.secrets,
             env,
             pins: None,
             ready_timeout,
@@ -297,6 +370,7 @@ impl Deployer {
         let run = Run {
             yaml: v.yaml,
             env: env_file(&secrets),
+            secrets,
             pins: from.map(pins),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             auto_rollback: true,
@@ -331,7 +405,9 @@ impl Deployer {
         {
             d.detail.push_str(&format!("; the rollback failed: {e}"));
         }
-        d.output = keep_end(&d.output, MAX_DEPLOY_OUTPUT);
+        // Compose may echo an interpolated value in an error.
+        d.output = keep_end(&secrets::mask(&d.output, &run.secrets), MAX_DEPLOY_OUTPUT);
+        d.detail = secrets::mask(&d.detail, &run.secrets);
         tracing::info!(compose = %d.compose, deployment = d.id, version = d.version, status = d.status.as_str(), detail = %d.detail, "deployment ended");
         self.store.save_deployment(d).await?;
         Ok(())
@@ -356,7 +432,7 @@ impl Deployer {
             self.retire(d, &engine, false).await?;
         }
         let up = cli.up(&project, &spec, UP_TIMEOUT).await?;
-        d.output.push_str(&up.text);
+        d.output.push_str(&secrets::mask(&up.text, &run.secrets));
         self.store.save_deployment(d.clone()).await?;
         if !up.ok {
             d.status = DeployStatus::Failed;

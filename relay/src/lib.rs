@@ -159,6 +159,7 @@ impl Relay {
                     config.docker_socket.clone(),
                     &config.data_dir,
                     status.clone(),
+                    shutdown.clone(),
                 )
                 .await?,
             )

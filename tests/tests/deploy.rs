@@ -252,6 +252,29 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
         "{unknown}"
     );
 
+    // A container killed behind the relay's back: the serving
+    // deployment's health history records it, and status shows it.
+    docker::docker(&["kill", &format!("routehub_{name}_3_web_1")])
+        .await
+        .unwrap();
+    let recorded = wait_until(Duration::from_secs(10), || async {
+        let d = api.deployment(d3.id).await.ok()?;
+        d.health
+            .iter()
+            .any(|e| e.service == "web" && e.state.starts_with("failed"))
+            .then_some(())
+    })
+    .await;
+    assert!(recorded.is_some(), "{:?}", api.deployment(d3.id).await.unwrap().health);
+    let status = api.compose_status(&name).await.unwrap();
+    let web = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "web")
+        .unwrap();
+    assert!(web["state"].as_str().unwrap().starts_with("failed"), "{status}");
+
     // Removed: every generation goes, and so does the route.
     api.remove_compose(&name).await.unwrap();
     assert!(engine.project(&format!("routehub_{name}_3")).await.unwrap().is_empty());

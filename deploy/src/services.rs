@@ -248,7 +248,11 @@ impl Engine {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(Readiness::TimedOut(states));
             }
-            let _ = tokio::time::timeout_at(next, events.next()).await;
+            match tokio::time::timeout_at(next, events.next()).await {
+                Ok(Some(Ok(_))) | Err(_) => {}
+                // The event stream is over: looks go on at the half second.
+                Ok(_) => tokio::time::sleep_until(next).await,
+            }
         }
     }
 }

@@ -722,6 +722,31 @@ fn describe(states: &[ServiceState]) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn deployments_a_stopped_relay_left_under_way_end_failed_at_its_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("relay.db")).unwrap();
+        let version = NewVersion {
+            name: "web".into(),
+            yaml: "services: {}".into(),
+            actor: "api".into(),
+            ..Default::default()
+        };
+        store.add_compose_version(version).await.unwrap();
+        let left = store.add_deployment("web", 1, "apply", "api").await.unwrap();
+        assert_eq!(left.status, DeployStatus::Deploying);
+        let shutdown = CancellationToken::new();
+        let status = watch::channel(Status::new()).1;
+        let socket = dir.path().join("no-engine.sock");
+        Deployer::start(store.clone(), socket, dir.path(), status, shutdown.clone())
+            .await
+            .unwrap();
+        let d = store.deployment(left.id).await.unwrap();
+        assert_eq!(d.status, DeployStatus::Failed);
+        assert!(d.detail.contains("the relay stopped"), "{}", d.detail);
+        shutdown.cancel();
+    }
+
     #[test]
     fn host_ports_are_seen_in_both_clis_output() {
         let v1 = "services:\n  web:\n    image: x\n    ports:\n    - 8080:80/tcp\nversion: '2.4'\n";

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use deploy::{Container, Engine, News};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,9 +24,6 @@ use crate::store::Store;
 
 /// What the change log names as the author of label routes.
 pub const ACTOR: &str = "docker";
-/// Events that come together are applied together: one read of the
-/// engine after the first waits this long for the rest.
-const SETTLE: Duration = Duration::from_millis(50);
 /// Waits between attempts to reach an engine that is not there.
 const RETRY: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
@@ -145,19 +142,16 @@ async fn follow(store: &Store, engine: &Engine, status: &watch::Sender<LabelStat
                 return;
             }
         }
-        // The first event of a burst, then the rest of it, before reading
-        // the engine again.
+        // The next event, and whatever else has already come, before
+        // reading the engine again: a burst that goes on while the store
+        // is written is read as one at the next turn, so nothing waits
+        // for a burst to end.
         let Some(Ok(first)) = events.next().await else { return };
         note(&mut news, &first);
-        let settle = tokio::time::sleep(SETTLE);
-        tokio::pin!(settle);
-        loop {
-            tokio::select! {
-                _ = &mut settle => break,
-                e = events.next() => match e {
-                    Some(Ok(e)) => note(&mut news, &e),
-                    _ => return,
-                },
+        while let Some(next) = events.next().now_or_never() {
+            match next {
+                Some(Ok(e)) => note(&mut news, &e),
+                _ => return,
             }
         }
     }

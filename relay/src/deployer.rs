@@ -291,6 +291,8 @@ impl Deployer {
         let ready_timeout = ready_timeout(apply.ready_timeout_secs)?;
         let claim = self.claim(&apply.name)?;
         let cli = self.cli().await?;
+        // No version is written for an engine that is not there.
+        self.engine().await?;
         let env = env_file(&apply.secrets);
         let spec = Spec {
             yaml: &apply.yaml,

@@ -444,7 +444,19 @@ async fn the_engine_going_away_mid_deploy_fails_the_deployment_rather_than_leavi
         .unwrap_err()
         .to_string();
     assert!(bad_name.contains("invalid name"), "{bad_name}");
+    let big = format!("# {}\nservices: {{}}\n", "x".repeat(relay::deployer::MAX_COMPOSE_FILE));
+    let too_big = api.apply(&Apply::new(&name, &big)).await.unwrap_err().to_string();
+    assert!(too_big.contains("limit is 1048576"), "{too_big}");
+    // With the engine gone, an apply is refused before anything is written.
+    proxy.cut();
+    let no_engine = api.apply(&Apply::new(&name, &slow)).await.unwrap_err().to_string();
+    assert!(
+        no_engine.contains("503") && no_engine.contains("Docker Engine"),
+        "{no_engine}"
+    );
+    proxy.restore().unwrap();
     assert_eq!(api.deployments(&name, 10).await.unwrap().len(), 1);
+    assert_eq!(api.compose_status(&name).await.unwrap()["compose"]["version"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -267,7 +267,10 @@ struct ComposeFile {
 impl ComposeFile {
     fn write(spec: &Spec<'_>) -> Result<ComposeFile, Error> {
         if spec.yaml.len() > MAX_COMPOSE_FILE {
-            return Err(Error::TooLarge(spec.yaml.len()));
+            return Err(Error::TooLarge {
+                size: spec.yaml.len(),
+                limit: MAX_COMPOSE_FILE,
+            });
         }
         let spawn = |e: std::io::Error| Error::Spawn {
             command: "writing the compose file".into(),
@@ -332,7 +335,7 @@ mod tests {
             yaml: &big,
             ..Spec::default()
         };
-        assert!(matches!(ComposeFile::write(&spec), Err(Error::TooLarge(_))));
+        assert!(matches!(ComposeFile::write(&spec), Err(Error::TooLarge { .. })));
     }
 
     #[tokio::test]

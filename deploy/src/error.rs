@@ -13,8 +13,8 @@ pub enum Error {
     ComposeUnavailable(String),
     #[error("invalid name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
-    #[error("the compose file is {0} bytes; the limit is {max}", max = crate::compose::MAX_COMPOSE_FILE)]
-    TooLarge(usize),
+    #[error("the compose file is {size} bytes; the limit is {limit}")]
+    TooLarge { size: usize, limit: usize },
     #[error("`{command}` failed: {output}")]
     Failed { command: String, output: String },
     #[error("`{command}` did not finish within {after:?}")]

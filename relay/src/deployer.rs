@@ -286,7 +286,11 @@ impl Deployer {
         deploy::compose::check_name(&apply.name)?;
         secrets::check(&apply.secrets).map_err(Error::Invalid)?;
         if apply.yaml.len() > deploy::compose::MAX_COMPOSE_FILE {
-            return Err(deploy::Error::TooLarge(apply.yaml.len()).into());
+            return Err(deploy::Error::TooLarge {
+                size: apply.yaml.len(),
+                limit: MAX_COMPOSE_FILE,
+            }
+            .into());
         }
         let ready_timeout = ready_timeout(apply.ready_timeout_secs)?;
         let claim = self.claim(&apply.name)?;

@@ -217,7 +217,7 @@ async fn bad_compose_files_get_clear_errors_and_run_nothing() {
             }
         )
         .await,
-        Err(Error::TooLarge(_))
+        Err(Error::TooLarge { .. })
     ));
     assert!(matches!(project("Bad Name", 1), Err(Error::InvalidName { .. })));
     assert!(engine.project(&p.0).await.unwrap().is_empty());

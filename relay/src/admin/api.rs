@@ -7,13 +7,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::{Admin, Body, Endpoint, MAX_BODY, error_response, full, store_error};
+use super::wire::{ok_json, query, read_json};
+use super::{Admin, Body, Endpoint, MAX_BODY, error_response, store_error};
 use crate::model::{NewRoute, RoutePatch};
 use crate::status::Status;
 use crate::store::Event;
@@ -27,35 +28,6 @@ const FEED_KEEPALIVE: Duration = Duration::from_secs(15);
 
 fn not_served(path: &str) -> Response<Body> {
     error_response(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
-}
-
-pub(super) fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
-    full(status, "application/json", v.to_string())
-}
-
-/// The body as JSON, at most `limit` bytes.
-pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<T, Response<Body>> {
-    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
-        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-            error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes"))
-        } else {
-            error_response(StatusCode::BAD_REQUEST, format!("can't read the body: {e}"))
-        }
-    })?;
-    serde_json::from_slice(&body.to_bytes())
-        .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
-}
-
-pub(super) fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
-    req.uri()
-        .query()?
-        .split('&')
-        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v.to_owned())
 }
 
 fn status_json(status: &Status) -> serde_json::Value {
@@ -211,19 +183,6 @@ pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<I
             )
         }
         (Endpoint::Events, Method::GET, _) => events(admin),
-        (
-            Endpoint::Composes
-            | Endpoint::Compose
-            | Endpoint::ComposeVersions
-            | Endpoint::ComposeVersion
-            | Endpoint::ComposeDiff
-            | Endpoint::ComposeDeployments
-            | Endpoint::ComposeRollback
-            | Endpoint::ComposeLogs
-            | Endpoint::Deployment,
-            _,
-            _,
-        ) => super::deploys::handle(admin, endpoint, req, &segments).await,
         // Unreachable through `super::handle`, which answers 404 and 405.
         _ => not_served(&path),
     }

@@ -11,7 +11,7 @@ use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ok_json, query, read_json};
+use super::wire::{ok_json, query, read_json};
 use super::{Admin, Body, Endpoint, error_response, store_error};
 use crate::deployer::{Apply, Deployer};
 use crate::records::{DeployStatus, Deployment};
@@ -40,12 +40,9 @@ fn number(req: &Request<Incoming>, key: &str) -> Result<Option<u64>, String> {
     }
 }
 
-pub(super) async fn handle(
-    admin: Arc<Admin>,
-    endpoint: Endpoint,
-    req: Request<Incoming>,
-    segments: &[&str],
-) -> Response<Body> {
+pub(super) async fn handle(admin: Arc<Admin>, endpoint: Endpoint, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/api/").split('/').collect();
     let Some(deployer) = admin.deployer.clone() else {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -8,6 +8,7 @@
 mod api;
 mod deploys;
 mod endpoints;
+mod wire;
 
 use std::sync::Arc;
 
@@ -82,7 +83,7 @@ pub(crate) fn store_error(e: &Error) -> Response<Body> {
         Error::NotFound(_) => StatusCode::NOT_FOUND,
         Error::Conflict(_) | Error::Limit(_) => StatusCode::CONFLICT,
         Error::Invalid(_) | Error::Route { .. } => StatusCode::BAD_REQUEST,
-        Error::Deploy(deploy::Error::InvalidName { .. } | deploy::Error::TooLarge(_)) => StatusCode::BAD_REQUEST,
+        Error::Deploy(deploy::Error::InvalidName { .. } | deploy::Error::TooLarge { .. }) => StatusCode::BAD_REQUEST,
         Error::Unavailable(_)
         | Error::Deploy(deploy::Error::ComposeUnavailable(_) | deploy::Error::Unreachable { .. }) => {
             StatusCode::SERVICE_UNAVAILABLE
@@ -130,6 +131,15 @@ async fn handle(admin: Arc<Admin>, req: Request<Incoming>) -> Response<Body> {
         }
         Endpoint::OpenApi => full(StatusCode::OK, "application/json", OPENAPI),
         Endpoint::Healthz => full(StatusCode::OK, "text/plain", "ok\n"),
+        Endpoint::Composes
+        | Endpoint::Compose
+        | Endpoint::ComposeVersions
+        | Endpoint::ComposeVersion
+        | Endpoint::ComposeDiff
+        | Endpoint::ComposeDeployments
+        | Endpoint::ComposeRollback
+        | Endpoint::ComposeLogs
+        | Endpoint::Deployment => deploys::handle(admin, endpoint, req).await,
         api_endpoint => api::handle(admin, api_endpoint, req).await,
     }
 }

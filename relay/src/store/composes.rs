@@ -339,19 +339,3 @@ pub(super) fn remove(conn: &Connection, name: &str) -> Result<()> {
     }
     Ok(())
 }
-
-/// Applies a journaled compose or deployment entry; other entries are not
-/// this table's and are left alone (`false`).
-pub(super) fn replay(conn: &Connection, entry: &super::journal::Entry) -> Result<bool> {
-    use super::journal::Entry;
-    match entry {
-        Entry::ComposeVersion(record) => put_version(conn, record)?,
-        Entry::Deployment(d) => put_deployment(conn, d)?,
-        Entry::ComposeRemoved(name) => match remove(conn, name) {
-            Ok(()) | Err(Error::NotFound(_)) => {}
-            Err(e) => return Err(e),
-        },
-        Entry::Change(_) | Entry::Seed(_) => return Ok(false),
-    }
-    Ok(true)
-}

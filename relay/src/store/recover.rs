@@ -395,7 +395,7 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
             seeds::record(&tx, &s.host, &s.path, &s.target)?;
             seed_count += 1;
         }
-        composes::replay(&tx, entry)?;
+        replay_records(&tx, entry)?;
     }
     // Results about targets that may have changed since: checks run again.
     tx.execute("DELETE FROM health_checks", []).map_err(db)?;
@@ -416,7 +416,7 @@ fn rebuild(tmp: &Path, files: &StoreFiles, scan: Option<&Scan>) -> Result<Recove
             if let Entry::Seed(s) = entry {
                 seeds::record(&conn, &s.host, &s.path, &s.target)?;
             }
-            composes::replay(&conn, entry)?;
+            replay_records(&conn, entry)?;
         }
         version = current_version(&conn)?;
         routes = load_routes(&conn)?;
@@ -507,4 +507,19 @@ fn apply(tx: &rusqlite::Transaction<'_>, change: &Change) -> Result<String> {
             Ok(format!("{} route(s)", all.len()))
         }
     }
+}
+
+/// Applies a journaled compose or deployment entry (an upsert of the rows
+/// as they were after the write); other entries are replayed elsewhere.
+fn replay_records(conn: &Connection, entry: &Entry) -> Result<()> {
+    match entry {
+        Entry::ComposeVersion(record) => composes::put_version(conn, record)?,
+        Entry::Deployment(d) => composes::put_deployment(conn, d)?,
+        Entry::ComposeRemoved(name) => match composes::remove(conn, name) {
+            Ok(()) | Err(Error::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        },
+        Entry::Change(_) | Entry::Seed(_) => {}
+    }
+    Ok(())
 }

@@ -1,0 +1,38 @@
+//! Small pieces every `/api/` handler uses: JSON answers, JSON bodies
+//! with a size limit, query parameters.
+
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{Body, error_response, full};
+
+pub(super) fn ok_json(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    full(status, "application/json", v.to_string())
+}
+
+/// The body as JSON, at most `limit` bytes.
+pub(super) async fn read_json<T: for<'de> Deserialize<'de>>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Response<Body>> {
+    let body = Limited::new(req.into_body(), limit).collect().await.map_err(|e| {
+        if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            error_response(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is over {limit} bytes"))
+        } else {
+            error_response(StatusCode::BAD_REQUEST, format!("can't read the body: {e}"))
+        }
+    })?;
+    serde_json::from_slice(&body.to_bytes())
+        .map_err(|e| error_response(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+}
+
+pub(super) fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v.to_owned())
+}

@@ -20,6 +20,8 @@ command -v curl >/dev/null || packages+=(curl)
 # A static busybox, the only thing in the test containers' image
 # (tests/src/docker.rs builds it; nothing is pulled).
 dpkg -s busybox-static >/dev/null 2>&1 || packages+=(busybox-static)
+# A compose CLI for the deployment tests: the v2 plugin where it is, else v1.
+docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || packages+=(docker-compose)
 apt_install() {
     [ ${#packages[@]} -eq 0 ] && return 0
     local sudo=""

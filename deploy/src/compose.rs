@@ -24,6 +24,8 @@ pub const MAX_COMPOSE_FILE: usize = 1024 * 1024;
 pub const MAX_OUTPUT: usize = 64 * 1024;
 /// Longest project name part a user chooses.
 pub const MAX_NAME: usize = 40;
+/// The relay's environment variables the compose CLI runs with.
+const PASSED_ENV: &[&str] = &["PATH", "HOME", "DOCKER_CONFIG", "LANG", "LC_ALL", "TMPDIR"];
 /// How long a quick command (`version`, `config`, `ps`) may take.
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -185,6 +187,15 @@ impl ComposeCli {
             reason: "no program".into(),
         })?;
         let mut cmd = Command::new(program);
+        // Compose interpolates `${NAME}` from its environment: it gets only
+        // what it needs to run, never the relay's own variables, so a
+        // compose file sees the secrets it was given and nothing else.
+        cmd.env_clear();
+        for key in PASSED_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
         cmd.args(pre)
             .args(args)
             .stdin(Stdio::null())

@@ -414,8 +414,11 @@ async fn the_engine_going_away_mid_deploy_fails_the_deployment_rather_than_leavi
     let mut proxy = docker::SocketProxy::start().unwrap();
     let (_net, _relay, api) = net_and_relay(&proxy.path).await;
     let host = format!("{name}.label.test");
-    // A healthcheck that takes a while: the cut comes while it waits.
-    let slow = web_yaml(IMAGE, &host, "").replace(
+    // A healthcheck that takes a while: the cut comes while it waits. The
+    // file asks for one of the relay process's variables, which compose
+    // never sees.
+    let leak = "    environment:\n      LEAK: \"${CARGO_MANIFEST_DIR}\"\n";
+    let slow = web_yaml(IMAGE, &host, leak).replace(
         r#"["CMD", "/bin/busybox", "wget", "-q", "-O-", "http://127.0.0.1:8080/"]"#,
         r#"["CMD", "/bin/busybox", "sh", "-c", "sleep 30"]"#,
     );
@@ -457,6 +460,9 @@ async fn the_engine_going_away_mid_deploy_fails_the_deployment_rather_than_leavi
     proxy.restore().unwrap();
     assert_eq!(api.deployments(&name, 10).await.unwrap().len(), 1);
     assert_eq!(api.compose_status(&name).await.unwrap()["compose"]["version"], 1);
+    let resolved = api.compose_version(&name, 1).await.unwrap().resolved;
+    assert!(resolved.contains("LEAK"), "{resolved}");
+    assert!(!resolved.contains(env!("CARGO_MANIFEST_DIR")), "{resolved}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

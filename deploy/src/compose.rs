@@ -9,6 +9,7 @@
 //! is written 0600 into a directory of its own for the run and removed
 //! after.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -91,7 +92,7 @@ impl ComposeCli {
                 docker_host: format!("unix://{}", socket.display()),
                 version: String::new(),
             };
-            match cli.run(&["version"], None, QUICK).await {
+            match cli.run(&["version"], None, None, QUICK).await {
                 Ok(out) if out.ok => {
                     let version = out.text.lines().next().unwrap_or_default().trim().to_owned();
                     return Ok(ComposeCli { version, ..cli });
@@ -164,12 +165,9 @@ impl ComposeCli {
         for f in &files.files {
             all.extend(["-f".to_owned(), f.to_string_lossy().into_owned()]);
         }
-        if let Some(env) = &files.env {
-            all.extend(["--env-file".to_owned(), env.to_string_lossy().into_owned()]);
-        }
         all.extend(args.iter().map(|a| (*a).to_owned()));
         let all: Vec<&str> = all.iter().map(String::as_str).collect();
-        self.run(&all, Some(&files.dir), timeout).await
+        self.run(&all, Some(&files.dir), spec.env, timeout).await
     }
 
     fn failed(&self, what: &str, out: Output) -> Error {
@@ -179,8 +177,15 @@ impl ComposeCli {
         }
     }
 
-    /// Runs the CLI with `args` in `dir`, killed after `timeout`.
-    async fn run(&self, args: &[&str], dir: Option<&Path>, timeout: Duration) -> Result<Output, Error> {
+    /// Runs the CLI with `args` in `dir` and the variables `env`, killed
+    /// after `timeout`.
+    async fn run(
+        &self,
+        args: &[&str],
+        dir: Option<&Path>,
+        env: Option<&BTreeMap<String, String>>,
+        timeout: Duration,
+    ) -> Result<Output, Error> {
         let command = format!("{} {}", self.command(), args.join(" "));
         let (program, pre) = self.program.split_first().ok_or_else(|| Error::Spawn {
             command: command.clone(),
@@ -190,12 +195,15 @@ impl ComposeCli {
         // Compose interpolates `${NAME}` from its environment: it gets only
         // what it needs to run, never the relay's own variables, so a
         // compose file sees the secrets it was given and nothing else.
+        // Secrets go as variables, not in an env file: compose's env-file
+        // parser would cut a value at `#`, expand `$` and strip quotes.
         cmd.env_clear();
         for key in PASSED_ENV {
             if let Some(v) = std::env::var_os(key) {
                 cmd.env(key, v);
             }
         }
+        cmd.envs(env.into_iter().flatten());
         cmd.args(pre)
             .args(args)
             .stdin(Stdio::null())
@@ -261,17 +269,16 @@ pub struct Spec<'a> {
     /// An override file laid over it (JSON, which compose reads as YAML):
     /// what a rollback uses to pin each service's image.
     pub pins: Option<&'a str>,
-    /// An env file's content (`NAME=value` lines), for interpolation.
-    pub env: Option<&'a str>,
+    /// Variables compose interpolates (`${NAME}`): the secrets.
+    pub env: Option<&'a BTreeMap<String, String>>,
 }
 
 /// The files of one run on disk: 0600 in a directory of its own (so
 /// relative paths in the compose file resolve there), all removed on
-/// drop; the env file with its secrets too.
+/// drop.
 struct ComposeFile {
     dir: PathBuf,
     files: Vec<PathBuf>,
-    env: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -305,11 +312,9 @@ impl ComposeFile {
         if let Some(pins) = spec.pins {
             files.push(write("routehub-pins.yaml", pins)?);
         }
-        let env = spec.env.map(|e| write("routehub.env", e)).transpose()?;
         Ok(ComposeFile {
             dir: dir.path().to_owned(),
             files,
-            env,
             _dir: dir,
         })
     }

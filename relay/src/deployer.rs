@@ -121,9 +121,8 @@ impl Drop for Claim {
 /// What one run needs besides its record.
 struct Run {
     yaml: String,
-    /// What `env` holds, to mask in what is saved.
+    /// Interpolated by compose; masked in what is saved.
     secrets: BTreeMap<String, String>,
-    env: Option<String>,
     pins: Option<String>,
     ready_timeout: Duration,
     auto_rollback: bool,
@@ -297,11 +296,10 @@ impl Deployer {
         let cli = self.cli().await?;
         // No version is written for an engine that is not there.
         self.engine().await?;
-        let env = env_file(&apply.secrets);
         let spec = Spec {
             yaml: &apply.yaml,
             pins: None,
-            env: env.as_deref(),
+            env: Some(&apply.secrets),
         };
         let resolved = match cli.config(&project(&apply.name, 0)?, &spec).await {
             Ok(r) => r,
@@ -337,7 +335,6 @@ impl Deployer {
         let run = Run {
             yaml: apply.yaml,
             secrets: apply.secrets,
-            env,
             pins: None,
             ready_timeout,
             auto_rollback: apply.auto_rollback,
@@ -375,7 +372,6 @@ impl Deployer {
         let d = self.store.add_deployment(name, version, &reason, actor).await?;
         let run = Run {
             yaml: v.yaml,
-            env: env_file(&secrets),
             secrets,
             pins: from.map(pins),
             ready_timeout: DEFAULT_READY_TIMEOUT,
@@ -427,7 +423,7 @@ impl Deployer {
         let spec = Spec {
             yaml: &run.yaml,
             pins: run.pins.as_deref(),
-            env: run.env.as_deref(),
+            env: Some(&run.secrets),
         };
         let (v, _) = self.store.compose_version(&d.compose, d.version).await?;
         if publishes_host_ports(&v.resolved) {
@@ -493,7 +489,7 @@ impl Deployer {
         let spec = Spec {
             yaml: &run.yaml,
             pins: run.pins.as_deref(),
-            env: run.env.as_deref(),
+            env: Some(&run.secrets),
         };
         let down = cli.down(&project, &spec, DOWN_TIMEOUT).await?;
         d.output.push_str(&down.text);
@@ -513,11 +509,11 @@ impl Deployer {
                 Some(s) => self.key.open(&d.compose, &s)?,
                 None => BTreeMap::new(),
             };
-            let (pins, env) = (pins(&previous), env_file(&secrets));
+            let pins = pins(&previous);
             let spec = Spec {
                 yaml: &v.yaml,
                 pins: Some(&pins),
-                env: env.as_deref(),
+                env: Some(&secrets),
             };
             let up = cli.up(&previous_project, &spec, UP_TIMEOUT).await?;
             d.output.push_str(&up.text);
@@ -672,11 +668,6 @@ fn ready_timeout(secs: Option<u64>) -> Result<Duration> {
         ))),
         Some(d) => Ok(d),
     }
-}
-
-/// The env file compose interpolates from (`None` without secrets).
-fn env_file(secrets: &BTreeMap<String, String>) -> Option<String> {
-    (!secrets.is_empty()).then(|| secrets.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
 }
 
 /// An override file pinning each service of `d` to the image it ran.

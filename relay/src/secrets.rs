@@ -138,9 +138,25 @@ pub fn check(secrets: &BTreeMap<String, String>) -> std::result::Result<(), Stri
 }
 
 /// `text` with every secret value (of 4 bytes or more: shorter ones would
-/// mask ordinary words) replaced by [`crate::records::MASK`].
+/// mask ordinary words) replaced by [`crate::records::MASK`], also as
+/// compose's output escapes it (`$` as `$$`, `'` as `''`).
 pub fn mask(text: &str, secrets: &BTreeMap<String, String>) -> String {
-    let mut values: Vec<&str> = secrets.values().map(String::as_str).filter(|v| v.len() >= 4).collect();
+    let escaped: Vec<String> = secrets
+        .values()
+        .flat_map(|v| {
+            [
+                v.replace('$', "$$"),
+                v.replace('\'', "''"),
+                v.replace('$', "$$").replace('\'', "''"),
+            ]
+        })
+        .collect();
+    let mut values: Vec<&str> = secrets
+        .values()
+        .map(String::as_str)
+        .chain(escaped.iter().map(String::as_str))
+        .filter(|v| v.len() >= 4)
+        .collect();
     // Longest first: a value inside another is masked with it.
     values.sort_by_key(|v| std::cmp::Reverse(v.len()));
     values
@@ -201,5 +217,7 @@ mod tests {
             ("B".to_owned(), "no".to_owned()),
         ]);
         assert_eq!(mask("pw=s3cr3t-value; no", &s), "pw=********; no");
+        let s = BTreeMap::from([("A".to_owned(), "a$b'c-d".to_owned())]);
+        assert_eq!(mask("x: 'a$$b''c-d'", &s), "x: '********'");
     }
 }

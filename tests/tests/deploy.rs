@@ -142,7 +142,8 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
 
     // Version 1: both services come up; the one-shot is completed. A
     // secret reaches the container and nothing else.
-    let secret = format!("s3cret-{}-value", std::process::id());
+    // `#` and `$` as well: an env file would cut and expand them.
+    let secret = format!("s3cret#{}$x-value", std::process::id());
     let with_secret = "    environment:\n      APP_TOKEN: \"${APP_TOKEN}\"\n";
     let mut apply = Apply::new(&name, &web_yaml(&tag, &host, with_secret));
     apply.description = Some("the cycle test".into());
@@ -174,7 +175,9 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     let v1 = api.compose_version(&name, 1).await.unwrap();
     assert_eq!(v1.secret_names, ["APP_TOKEN"]);
     assert!(
-        !v1.resolved.contains(&secret) && v1.resolved.contains(relay::records::MASK),
+        !v1.resolved.contains(&secret)
+            && !v1.resolved.contains(&secret.replace('$', "$$"))
+            && v1.resolved.contains(relay::records::MASK),
         "masked in the resolved config: {}",
         v1.resolved
     );

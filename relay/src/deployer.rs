@@ -232,6 +232,20 @@ impl Deployer {
         }
     }
 
+    /// Version `version` of compose `name`, with its secrets opened.
+    async fn version_with_secrets(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<(crate::records::ComposeVersion, BTreeMap<String, String>)> {
+        let (v, sealed) = self.store.compose_version(name, version).await?;
+        let secrets = match sealed {
+            Some(s) => self.key.open(name, &s)?,
+            None => BTreeMap::new(),
+        };
+        Ok((v, secrets))
+    }
+
     fn busy_map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         self.busy.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -363,11 +377,7 @@ impl Deployer {
                 )));
             }
         };
-        let (v, sealed) = self.store.compose_version(name, version).await?;
-        let secrets = match sealed {
-            Some(s) => self.key.open(name, &s)?,
-            None => BTreeMap::new(),
-        };
+        let (v, secrets) = self.version_with_secrets(name, version).await?;
         let reason = format!("rollback to version {version}");
         let d = self.store.add_deployment(name, version, &reason, actor).await?;
         let run = Run {
@@ -504,11 +514,7 @@ impl Deployer {
         let previous_project = project_of(&previous)?;
         if engine.project(&previous_project).await?.is_empty() {
             // It was stopped first (host ports): bring it back, pinned.
-            let (v, sealed) = self.store.compose_version(&d.compose, previous.version).await?;
-            let secrets = match sealed {
-                Some(s) => self.key.open(&d.compose, &s)?,
-                None => BTreeMap::new(),
-            };
+            let (v, secrets) = self.version_with_secrets(&d.compose, previous.version).await?;
             let pins = pins(&previous);
             let spec = Spec {
                 yaml: &v.yaml,
@@ -552,13 +558,16 @@ impl Deployer {
             self.wait_for_switch(&old).await;
         }
         for (p, version) in old {
-            let (v, _) = self.store.compose_version(&d.compose, version).await?;
+            // With its secrets: compose interpolates the file even to
+            // take it down, and `${X:?}` fails without them.
+            let (v, secrets) = self.version_with_secrets(&d.compose, version).await?;
             let spec = Spec {
                 yaml: &v.yaml,
-                ..Spec::default()
+                pins: None,
+                env: Some(&secrets),
             };
             let down = cli.down(&p, &spec, DOWN_TIMEOUT).await?;
-            d.output.push_str(&down.text);
+            d.output.push_str(&secrets::mask(&down.text, &secrets));
             if !down.ok {
                 d.detail = format!("{p} did not stop; see the output");
             }
@@ -615,10 +624,11 @@ impl Deployer {
             if engine.project(&p).await?.is_empty() {
                 continue;
             }
-            let (v, _) = self.store.compose_version(name, d.version).await?;
+            let (v, secrets) = self.version_with_secrets(name, d.version).await?;
             let spec = Spec {
                 yaml: &v.yaml,
-                ..Spec::default()
+                pins: None,
+                env: Some(&secrets),
             };
             let down = cli.down(&p, &spec, DOWN_TIMEOUT).await?;
             if !down.ok {

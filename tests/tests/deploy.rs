@@ -144,7 +144,8 @@ async fn a_compose_is_deployed_updated_and_rolled_back_to_the_image_it_ran() {
     // secret reaches the container and nothing else.
     // `#` and `$` as well: an env file would cut and expand them.
     let secret = format!("s3cret#{}$x-value", std::process::id());
-    let with_secret = "    environment:\n      APP_TOKEN: \"${APP_TOKEN}\"\n";
+    // Required (`:?`): compose needs it even to take the version down.
+    let with_secret = "    environment:\n      APP_TOKEN: \"${APP_TOKEN:?a token is required}\"\n";
     let mut apply = Apply::new(&name, &web_yaml(&tag, &host, with_secret));
     apply.description = Some("the cycle test".into());
     apply.secrets.insert("APP_TOKEN".into(), secret.clone());

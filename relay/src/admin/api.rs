@@ -5,15 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast;
 
-use super::wire::{ok_json, query, read_json};
+use super::wire::{event_stream, ok_json, query, read_json};
 use super::{Admin, Body, Endpoint, MAX_BODY, error_response, store_error};
 use crate::model::{NewRoute, RoutePatch};
 use crate::status::Status;
@@ -261,12 +259,5 @@ fn events(admin: Arc<Admin>) -> Response<Body> {
             (events, status, shutdown, permit, false),
         ))
     });
-    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())));
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    resp
+    event_stream(stream)
 }

@@ -6,12 +6,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::wire::{ok_json, query, read_json};
+use super::wire::{event_stream, ok_json, query, read_json};
 use super::{Admin, Body, Endpoint, error_response, store_error};
 use crate::deployer::{Apply, Deployer};
 use crate::records::{DeployStatus, Deployment};
@@ -269,12 +268,5 @@ async fn logs(deployer: &Deployer, admin: &Admin, name: &str, req: &Request<Inco
             };
             Ok::<_, super::BoxError>(Frame::data(Bytes::from(text)))
         });
-    let mut resp = Response::new(BodyExt::boxed_unsync(StreamBody::new(stream.boxed())));
-    let h = resp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    resp
+    event_stream(stream)
 }

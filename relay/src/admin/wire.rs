@@ -36,3 +36,18 @@ pub(super) fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
         .find(|(k, _)| *k == key)
         .map(|(_, v)| v.to_owned())
 }
+
+/// A `text/event-stream` answer of `chunks`, never cached.
+pub(super) fn event_stream(
+    chunks: impl futures_util::Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, super::BoxError>> + Send + 'static,
+) -> Response<Body> {
+    use futures_util::StreamExt;
+    let mut resp = Response::new(BodyExt::boxed_unsync(http_body_util::StreamBody::new(chunks.boxed())));
+    let h = resp.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    resp
+}
